@@ -1,0 +1,533 @@
+"""Read and write AST checkpoints.
+
+Three sources load into :class:`skast._model.AST`:
+
+* a Hugging Face model directory (``config.json`` with ``model.safetensors`` or
+  ``pytorch_model.bin``), as written by transformers' ``save_pretrained``;
+* a hub id such as ``"MIT/ast-finetuned-audioset-10-10-0.4593"`` (needs the
+  ``hub`` extra, ``huggingface_hub``);
+* an original ``YuanGongND/ast`` ``.pth`` file (a ``DataParallel`` state dict
+  with ``module.v.*`` keys and a fused ``qkv``).
+
+Weights are read with :mod:`safetensors` or ``torch.load(weights_only=True)``:
+loading never runs code from a file. A checkpoint can be loaded at another
+``max_length`` or other strides; its position embeddings are then adapted as
+the original recipe does (:func:`skast._model.adapt_position_embeddings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from skast._model import AST, ASTConfig, adapt_position_embeddings
+
+__all__ = ["load_checkpoint", "save_pretrained", "Checkpoint"]
+
+HF_PREFIX = "audio_spectrogram_transformer."
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+# Hugging Face on-disk names (transformers 4.x, and what 5.x writes) and the 5.x
+# in-memory names -> ours (timm / original repository names).
+_HF_TO_OURS = [
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.distillation_token", "dist_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (
+        r"(?:encoder\.layer|layers)\.(\d+)\.attention\.output\.dense\.",
+        r"blocks.\1.attn.proj.",
+    ),
+    (r"layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (r"layers\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"layernorm\.", "norm."),
+    (r"classifier\.layernorm\.", "head.0."),
+    (r"classifier\.dense\.", "head.1."),
+]
+_HF_QKV = re.compile(
+    r"^(?:encoder\.layer|layers)\.(\d+)\.attention\."
+    r"(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$"
+)
+_QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with what its files said about it.
+
+    Attributes
+    ----------
+    model : AST
+        The module, in eval mode, on the CPU, float32.
+    source : str
+        Where it came from (a path or a hub id).
+    preprocessor : dict or None
+        The ``preprocessor_config.json`` of a Hugging Face checkpoint (mean,
+        std, max_length...), if there was one.
+    """
+
+    model: AST
+    source: str
+    preprocessor: dict[str, Any] | None = None
+
+    @property
+    def config(self) -> ASTConfig:
+        return self.model.config
+
+
+class CheckpointUnavailableError(OSError):
+    """A checkpoint that cannot be found or downloaded."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors / torch file, never running code from it."""
+    if not path.is_file():
+        raise CheckpointUnavailableError(f"no such checkpoint file: '{path}'")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(
+                f"'{path}' is not a readable safetensors file (truncated or "
+                f"corrupt?): {err}"
+            ) from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refusing to load '{path}': it holds Python objects other than "
+            "tensors, and loading them could run code. Save a plain state_dict "
+            "(torch.save(model.state_dict(), path)) or use safetensors."
+        ) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"'{path}' is not a readable PyTorch checkpoint (truncated or "
+            f"corrupt?): {err}"
+        ) from err
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    ):
+        raise ValueError(f"'{path}' does not hold a state_dict of tensors")
+    return obj
+
+
+def _from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face names (with or without the base-model prefix) -> ours."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    for key, value in sd.items():
+        name = key[len(HF_PREFIX) :] if key.startswith(HF_PREFIX) else key
+        m = _HF_QKV.match(name)
+        if m:
+            layer, part = int(m.group(1)), m.group(2) or m.group(3)
+            qkv.setdefault((layer, m.group(4)), {})[_QKV_ORDER[part]] = value
+            continue
+        for pattern, repl in _HF_TO_OURS:
+            new, n = re.subn("^" + pattern, repl, name)
+            if n:
+                out[new] = value
+                break
+        else:
+            raise ValueError(
+                f"unexpected key in a Hugging Face AST checkpoint: {key!r}"
+            )
+    for (layer, kind), parts in qkv.items():
+        if sorted(parts) != [0, 1, 2]:
+            raise ValueError(
+                f"layer {layer}: query, key and value {kind} are not all there"
+            )
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts[i] for i in range(3)])
+    return out
+
+
+def _to_hf_state_dict(model: AST) -> dict[str, torch.Tensor]:
+    """Our state dict -> transformers' on-disk names (``ASTForAudioClassification``
+    with a head, bare ``ASTModel`` without)."""
+    has_head = model.config.num_labels > 0
+    prefix = HF_PREFIX if has_head else ""
+    d = model.config.hidden_size
+    out = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu", torch.float32)
+        m = re.match(r"blocks\.(\d+)\.(.+)$", key)
+        if m:
+            i, rest = m.groups()
+            base = f"encoder.layer.{i}."
+            if rest.startswith("attn.qkv."):
+                kind = rest.rsplit(".", 1)[1]
+                for j, part in enumerate(("query", "key", "value")):
+                    name = f"{prefix}{base}attention.attention.{part}.{kind}"
+                    out[name] = value[j * d : (j + 1) * d].clone()
+                continue
+            rest = (
+                rest.replace("attn.proj.", "attention.output.dense.")
+                .replace("mlp.fc1.", "intermediate.dense.")
+                .replace("mlp.fc2.", "output.dense.")
+                .replace("norm1.", "layernorm_before.")
+                .replace("norm2.", "layernorm_after.")
+            )
+            out[prefix + base + rest] = value.clone()
+            continue
+        if key.startswith("head."):
+            name = key.replace("head.0.", "classifier.layernorm.").replace(
+                "head.1.", "classifier.dense."
+            )
+            out[name] = value.clone()
+            continue
+        name = {
+            "cls_token": "embeddings.cls_token",
+            "dist_token": "embeddings.distillation_token",
+            "pos_embed": "embeddings.position_embeddings",
+        }.get(key)
+        if name is None:
+            name = key.replace(
+                "patch_embed.proj.", "embeddings.patch_embeddings.projection."
+            )
+            name = name.replace("norm.", "layernorm.")
+        out[prefix + name] = value.clone()
+    return out
+
+
+def _from_original_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original repository names (``module.v.*``, ``module.mlp_head.*``) -> ours.
+
+    The unused DeiT heads (``v.head``, ``v.head_dist``) are dropped.
+    """
+    out = {}
+    for key, value in sd.items():
+        name = key[len("module.") :] if key.startswith("module.") else key
+        if name.startswith(("v.head.", "v.head_dist.")):
+            continue
+        if name.startswith("v."):
+            out[name[2:]] = value
+        elif name.startswith("mlp_head."):
+            out["head." + name[len("mlp_head.") :]] = value
+        else:
+            raise ValueError(f"unexpected key in an original AST checkpoint: {key!r}")
+    return out
+
+
+def _infer_original_config(
+    sd: dict[str, torch.Tensor],
+    name: str,
+    max_length: int | None,
+    frequency_stride: int | None,
+    time_stride: int | None,
+) -> ASTConfig:
+    """Architecture of an original ``.pth`` from its tensors and file name.
+
+    Strides come from the caller or from the file name (``audioset_10_10_...``);
+    the stored input length is the one of the 128-bin grid that fits the
+    position embedding (1024 for AudioSet, 128 for Speech Commands).
+    """
+    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight"):
+        if key not in sd:
+            raise ValueError(f"original AST checkpoint '{name}' has no {key!r}")
+    m = re.search(r"_(\d+)_(\d+)_", name)
+    fs = frequency_stride or (int(m.group(1)) if m else None)
+    ts = time_stride or (int(m.group(2)) if m else None)
+    if fs is None or ts is None:
+        raise ValueError(
+            f"cannot tell the strides of '{name}': pass frequency_stride and "
+            "time_stride, or keep the original file name (e.g. audioset_10_10_0.4593.pth)"
+        )
+    hidden = sd["cls_token"].shape[-1]
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    num_mel_bins = 128
+    f = (num_mel_bins - patch) // fs + 1
+    n_patches = sd["pos_embed"].shape[1] - 2
+    if n_patches % f:
+        raise ValueError(
+            f"'{name}': a position embedding of {n_patches} patches does not fit "
+            f"128 mel bins at frequency stride {fs}"
+        )
+    t = n_patches // f
+    lengths = range((t - 1) * ts + patch, t * ts + patch)
+    stored = next((n for n in lengths if n % 64 == 0), lengths[0])
+    n_layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    head = sd.get("head.1.weight")
+    return ASTConfig(
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=max(1, hidden // 64),
+        intermediate_size=sd["blocks.0.mlp.fc1.weight"].shape[0],
+        patch_size=patch,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        frequency_stride=fs,
+        time_stride=ts,
+        max_length=stored,
+        num_mel_bins=num_mel_bins,
+        id2label={i: f"LABEL_{i}" for i in range(head.shape[0])}
+        if head is not None
+        else None,
+    )
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    try:
+        import huggingface_hub
+    except ImportError as err:
+        raise ImportError(
+            f"loading '{repo_id}' from the Hugging Face hub needs huggingface_hub: "
+            "pip install 'skast[hub]'. Or download the model directory and pass "
+            "its path."
+        ) from err
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=["config.json", "preprocessor_config.json", *WEIGHT_FILES],
+        )
+    except Exception as err:  # offline, unknown repo, network errors ...
+        raise CheckpointUnavailableError(
+            f"could not get '{repo_id}' from the Hugging Face hub ({type(err).__name__}:"
+            f" {err}). If this machine is offline, download the model directory "
+            "elsewhere (huggingface-cli download ...) and pass its path."
+        ) from err
+    return Path(path)
+
+
+def _read_hf_directory(
+    path: Path,
+) -> tuple[ASTConfig, dict[str, torch.Tensor], dict | None]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointUnavailableError(
+            f"'{path}' is not a Hugging Face model directory: it has no config.json"
+        )
+    try:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"'{config_file}' is not valid JSON: {err}") from err
+    model_type = raw.get("model_type", "audio-spectrogram-transformer")
+    if model_type != "audio-spectrogram-transformer":
+        raise ValueError(f"'{path}' holds a {model_type!r} model, not an AST")
+    config = ASTConfig.from_dict(raw)
+    weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+    if weights is None:
+        raise CheckpointUnavailableError(f"'{path}' has neither of {WEIGHT_FILES}")
+    sd = _from_hf_state_dict(_read_weights(weights))
+    pre_file = path / "preprocessor_config.json"
+    preprocessor = json.loads(pre_file.read_text()) if pre_file.is_file() else None
+    return config, sd, preprocessor
+
+
+def _check_and_load(model: AST, sd: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    if "head.1.weight" not in sd and model.config.num_labels:
+        # A bare encoder checkpoint: keep the freshly initialised head.
+        sd = {**sd, **{k: v for k, v in expected.items() if k.startswith("head.")}}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(sd[k].shape)}, config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        if wrong:
+            parts.append("wrong shapes: " + "; ".join(wrong[:5]))
+        raise ValueError(
+            f"the weights of '{source}' do not match its config: " + ", ".join(parts)
+        )
+    model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
+
+
+def load_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    max_length: int | None = None,
+    frequency_stride: int | None = None,
+    time_stride: int | None = None,
+    revision: str | None = None,
+) -> Checkpoint:
+    """Load an AST from a Hugging Face directory, a hub id or an original ``.pth``.
+
+    Parameters
+    ----------
+    checkpoint : str or os.PathLike
+        A directory with ``config.json`` and ``model.safetensors`` or
+        ``pytorch_model.bin``; a ``.pth``/``.pt``/``.bin``/``.safetensors`` file
+        with the original repository's keys; or a hub id (``"org/name"``) when
+        no such path exists.
+    max_length : int, default=None
+        Input frames to build the model for. ``None`` keeps the checkpoint's.
+    frequency_stride, time_stride : int, default=None
+        Patch strides. ``None`` keeps the checkpoint's (for an original file:
+        from its name, as ``audioset_10_10_0.4593.pth``).
+    revision : str, default=None
+        Hub revision (branch, tag or commit) for a hub id.
+
+    Returns
+    -------
+    Checkpoint
+        ``.model`` is an :class:`~skast._model.AST` in eval mode on the CPU.
+
+    Raises
+    ------
+    ValueError
+        Corrupt or truncated files, pickles holding code, weights that disagree
+        with the config.
+    OSError
+        A path or hub id that cannot be found or downloaded.
+    ImportError
+        A hub id without ``huggingface_hub`` installed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skast._checkpoints import load_checkpoint, save_pretrained
+    >>> from skast._model import AST, ASTConfig
+    >>> cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    ...                 intermediate_size=64, max_length=64, num_mel_bins=32)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save_pretrained(AST(cfg), d)
+    ...     ckpt = load_checkpoint(d, max_length=32)
+    >>> ckpt.config.max_length, tuple(ckpt.model.pos_embed.shape)
+    (32, (1, 11, 32))
+    """
+    source = os.fspath(checkpoint)
+    path = Path(source).expanduser()
+    preprocessor = None
+    if path.is_dir():
+        config, sd, preprocessor = _read_hf_directory(path)
+    elif path.is_file():
+        sd = _read_weights(path)
+        if any(k.startswith(("module.", "v.")) for k in sd):
+            sd = _from_original_state_dict(sd)
+            config = _infer_original_config(
+                sd, path.name, max_length, frequency_stride, time_stride
+            )
+        else:
+            raise ValueError(
+                f"'{path}' is not an original AST checkpoint (no 'module.v.*' keys); "
+                "for a Hugging Face checkpoint pass the directory holding config.json"
+            )
+    elif _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        path = _hub_snapshot(source, revision)
+        config, sd, preprocessor = _read_hf_directory(path)
+    else:
+        raise CheckpointUnavailableError(
+            f"no such checkpoint file or directory: '{source}'"
+        )
+
+    model = AST(config)
+    _check_and_load(model, sd, source)
+    target = dataclasses.replace(
+        config,
+        max_length=max_length or config.max_length,
+        frequency_stride=frequency_stride or config.frequency_stride,
+        time_stride=time_stride or config.time_stride,
+    )
+    if target != config:
+        model = _rebuild(model, target)
+    return Checkpoint(model=model.eval(), source=source, preprocessor=preprocessor)
+
+
+def _rebuild(model: AST, config: ASTConfig) -> AST:
+    """The same weights for another input length or strides."""
+    sd = model.state_dict()
+    sd["pos_embed"] = adapt_position_embeddings(
+        sd["pos_embed"], model.config.grid, config.grid
+    )
+    new = AST(config)
+    new.load_state_dict(sd)
+    return new
+
+
+def save_pretrained(
+    model: AST, directory: str | os.PathLike, *, normalization=None
+) -> None:
+    """Write ``model`` in the Hugging Face layout that transformers loads.
+
+    ``config.json`` (with ``id2label``/``label2id``), ``model.safetensors`` with
+    transformers' parameter names, and ``preprocessor_config.json`` for
+    ``ASTFeatureExtractor``. A model with a head is written as
+    ``ASTForAudioClassification``, one without as ``ASTModel``.
+
+    Parameters
+    ----------
+    model : AST
+    directory : str or os.PathLike
+        Created if missing; files in it are overwritten.
+    normalization : tuple of float, default=None
+        ``(mean, std)`` to record for the feature extractor; ``None`` records
+        the AudioSet statistics.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from skast._checkpoints import save_pretrained
+    >>> from skast._model import AST, ASTConfig
+    >>> cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    ...                 intermediate_size=64, max_length=32, num_mel_bins=32)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save_pretrained(AST(cfg), d)
+    ...     sorted(os.listdir(d))
+    ['config.json', 'model.safetensors', 'preprocessor_config.json']
+    """
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    has_head = model.config.num_labels > 0
+    config.update(
+        model_type="audio-spectrogram-transformer",
+        architectures=["ASTForAudioClassification" if has_head else "ASTModel"],
+    )
+    if has_head:
+        config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    mean, std = normalization if normalization is not None else (-4.2677393, 4.5689974)
+    preprocessor = {
+        "feature_extractor_type": "ASTFeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 16000,
+        "num_mel_bins": model.config.num_mel_bins,
+        "max_length": model.config.max_length,
+        "do_normalize": True,
+        "mean": float(mean),
+        "std": float(std),
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": False,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(preprocessor, indent=2) + "\n"
+    )
+    save_file(
+        _to_hf_state_dict(model),
+        str(out / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
