@@ -1,0 +1,143 @@
+"""Devices, precision, progress bars and the CUDA out-of-memory fallback.
+
+Small functions the estimators share; nothing here knows of scikit-learn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+__all__ = [
+    "resolve_device",
+    "resolve_autocast",
+    "autocast",
+    "device_on_load",
+    "is_out_of_memory",
+    "progress_bar",
+]
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: ``None`` means CUDA when available, else the CPU.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        An unknown device string, or a device that is not available here.
+
+    Examples
+    --------
+    >>> from skast._runtime import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a valid torch device") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS is not available here")
+    return dev
+
+
+def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: plain fp32).
+
+    ``"auto"`` is bfloat16 on CUDA devices that support it, float16 on older
+    CUDA devices and float32 elsewhere.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._runtime import resolve_autocast
+    >>> resolve_autocast("auto", torch.device("cpu")) is None
+    True
+    >>> resolve_autocast("bfloat16", torch.device("cpu"))
+    torch.bfloat16
+    """
+    if precision == "float32":
+        return None
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision in ("bfloat16", "float16"):
+        return getattr(torch, precision)
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op for ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def device_on_load(device: str) -> str:
+    """The device a fitted estimator restored from a pickle runs on.
+
+    The device it was fitted on when that exists here; otherwise the CPU, with
+    a warning.
+
+    Examples
+    --------
+    >>> from skast._runtime import device_on_load
+    >>> device_on_load("cpu")
+    'cpu'
+    """
+    dev = torch.device(device)
+    usable = dev.type == "cpu"
+    if dev.type == "cuda":
+        usable = (
+            torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
+        )
+    elif dev.type == "mps":
+        usable = torch.backends.mps.is_available()
+    if usable:
+        return device
+    warnings.warn(
+        f"this estimator was fitted on device '{device}', which is not available "
+        "here; it will run on the CPU. Use set_params(device=...) and refit to "
+        "choose another device.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return "cpu"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device out-of-memory error."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def progress_bar(*, total: int, enabled: bool, desc: str, unit: str = "clip"):
+    """A tqdm progress bar (a silent one when not ``enabled``); ``update(n)`` it."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)

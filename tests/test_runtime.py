@@ -1,0 +1,57 @@
+"""Device and precision resolution, loading on a machine without the fitted device."""
+
+import pytest
+import torch
+
+from skast import _runtime
+
+
+def test_resolve_device(monkeypatch):
+    assert _runtime.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _runtime.resolve_device(None) == torch.device("cpu")
+    assert _runtime.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        _runtime.resolve_device("cuda")
+    with pytest.raises(ValueError, match="not a valid torch device"):
+        _runtime.resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _runtime.resolve_device(None) == torch.device("cuda")
+    with pytest.raises(ValueError, match="only 1 CUDA"):
+        _runtime.resolve_device("cuda:3")
+
+
+def test_resolve_autocast(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _runtime.resolve_autocast("auto", cpu) is None
+    assert _runtime.resolve_autocast("float32", cuda) is None
+    assert _runtime.resolve_autocast("float16", cpu) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert _runtime.resolve_autocast("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert _runtime.resolve_autocast("auto", cuda) is torch.float16
+    with pytest.raises(ValueError, match="precision"):
+        _runtime.resolve_autocast("int8", cpu)
+
+
+def test_autocast_context_on_cpu():
+    x = torch.randn(4, 4)
+    with _runtime.autocast(torch.device("cpu"), torch.bfloat16):
+        assert (x @ x).dtype is torch.bfloat16
+    with _runtime.autocast(torch.device("cpu"), None):
+        assert (x @ x).dtype is torch.float32
+
+
+def test_device_on_load_falls_back_with_a_warning(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="not available here; it will run on the CPU"):
+        assert _runtime.device_on_load("cuda:0") == "cpu"
+    assert _runtime.device_on_load("cpu") == "cpu"
+
+
+def test_is_out_of_memory():
+    assert _runtime.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    assert _runtime.is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not _runtime.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not _runtime.is_out_of_memory(ValueError("out of memory"))
