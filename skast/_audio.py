@@ -2,43 +2,86 @@
 
 Accepted ``X``:
 
-* a 2-D numeric array ``(n_clips, n_samples)`` of equal-length waveforms;
-* a sequence (list, tuple, 1-D object array, pandas Series) of 1-D numeric
-  arrays of any lengths, or of audio file paths (``str`` / ``os.PathLike``).
+* a 2-D numeric array-like ``(n_clips, n_samples)`` of equal-length waveforms
+  (numpy arrays, read-only memmaps, pandas DataFrames, anything numpy converts);
+* a sequence (list, tuple, 1-D object array, pandas Series) whose items are all
+  1-D numeric arrays of any lengths (lists of numbers too), or all audio file
+  paths (``str`` / ``os.PathLike``).
 
-Integer PCM is scaled to [-1, 1]; other sample rates are resampled with
-:func:`torchaudio.functional.resample`; files are decoded with soundfile and
-their channels averaged to mono. Clips are validated one at a time as they are
-loaded, and errors name the clip's index. The user's arrays are never changed.
+:func:`check_audio_input` checks the container only, cheaply; each clip is
+converted and validated when it is loaded (:meth:`AudioInput.load`), one at a
+time, so that estimators stream ``X`` in batches with bounded memory. Every
+error about a clip names its index in ``X``.
+
+Samples are converted to float32 as follows (the user's arrays are never
+modified; conversions always work on a copy):
+
+========================  ===============================================
+dtype                     conversion
+========================  ===============================================
+float16/32/64             cast to float32, not rescaled
+int8                      ``x / 128``
+uint8                     ``(x - 128) / 128``
+int16                     ``x / 32768``
+uint16                    ``(x - 32768) / 32768``
+int32                     ``x / 2**31``
+uint32                    ``(x - 2**31) / 2**31``
+int64 / uint64            as int32 / uint32 when the values fit, else error
+bool, complex, others     ``TypeError``
+========================  ===============================================
+
+Clips at another rate than 16 kHz are resampled with
+:func:`torchaudio.functional.resample` (default arguments). Files are decoded
+with soundfile (wav, flac, ogg/vorbis, and whatever the bundled libsndfile
+reads) and their channels averaged to mono.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import functools
 import hashlib
+import numbers
 import os
+import pickle
+import traceback
 
 import numpy as np
 import torch
+import torch.utils.data
 
 __all__ = [
     "SAMPLE_RATE",
-    "AudioInput",
     "AudioDataset",
+    "AudioInput",
     "check_audio_input",
     "iter_batches",
     "load_audio",
     "to_waveform",
 ]
 
+#: The sample rate every clip is converted to, in Hz (the AST models' rate).
 SAMPLE_RATE = 16000
-_INT_SCALE = {
-    np.dtype(np.int8): (0.0, 128.0),
-    np.dtype(np.uint8): (128.0, 128.0),
-    np.dtype(np.int16): (0.0, 32768.0),
-    np.dtype(np.int32): (0.0, 2147483648.0),
-    np.dtype(np.uint16): (32768.0, 32768.0),
+
+# dtype -> (offset, scale): float32 sample = (x - offset) / scale
+_INT_PCM = {
+    np.dtype(np.int8): (0, 128),
+    np.dtype(np.uint8): (128, 128),
+    np.dtype(np.int16): (0, 2**15),
+    np.dtype(np.uint16): (2**15, 2**15),
+    np.dtype(np.int32): (0, 2**31),
+    np.dtype(np.uint32): (2**31, 2**31),
 }
+_KINDS = ("array2d", "arrays", "paths")
+_X_TYPES = (
+    "X must be a 2-D array (n_clips, n_samples) of waveforms, or a sequence "
+    "(list, tuple, 1-D object array, pandas Series) of 1-D waveforms or of "
+    "audio file paths"
+)
+_ONE_CLIP = (
+    "pass one clip as [clip] or clip[None, :], several as a 2-D array "
+    "(n_clips, n_samples) or a list of 1-D arrays"
+)
 
 
 def _where(index) -> str:
@@ -49,138 +92,275 @@ def _is_path(item) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
-def load_audio(path, *, index=None) -> tuple[np.ndarray, int]:
-    """Decode an audio file to a mono float32 waveform and its sample rate.
+def _is_scalar(item) -> bool:
+    """A number (or a 0-d array): what a sequence of samples, not of clips, holds."""
+    return isinstance(item, (numbers.Number, np.generic)) or (
+        getattr(item, "ndim", None) == 0
+    )
 
-    Channels are averaged (the original AST recipe takes channel 0; averaging
-    keeps content that is only in the other channels).
+
+def _check_rate(sample_rate) -> int:
+    """A positive integral sample rate as an int (resample would truncate floats)."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise TypeError(f"sample_rate must be an integer, got {sample_rate!r}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def _resample(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
+    if rate == new_rate:
+        return wave
+    import torchaudio.functional  # pure python; imported on first use
+
+    return torchaudio.functional.resample(wave, rate, new_rate)
+
+
+def _check_finite(wave: np.ndarray, index, what: str = "the clip") -> None:
+    if not np.isfinite(wave).all():
+        raise ValueError(f"{_where(index)}{what} contains NaN or infinite values")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _decode(path, index) -> tuple[np.ndarray, int]:
+    """soundfile.read as float32 (frames, channels), errors -> ValueError."""
+    import soundfile
+
+    name = os.fspath(path)
+    try:
+        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
+    except Exception as err:  # LibsndfileError, RuntimeError, TypeError...
+        cause = err
+        try:  # soundfile says "System error." for a missing file: say which
+            with open(name, "rb"):
+                pass
+        except OSError as os_err:
+            cause = os_err
+        raise ValueError(
+            f"{_where(index)}cannot read audio file {name!r}: {cause}"
+        ) from cause
+    if data.shape[0] == 0:
+        raise ValueError(
+            f"{_where(index)}the audio file {name!r} is empty (0 frames)"
+        )
+    return data, int(rate)
+
+
+def load_audio(path, *, sample_rate=None, index=None) -> tuple[np.ndarray, int]:
+    """Decode an audio file to a mono float32 waveform.
+
+    The file is read with soundfile as float32 (integer PCM scaled to [-1, 1]),
+    and its channels are averaged to mono. The original AST recipe keeps
+    channel 0 instead (``torchaudio.load`` then ``waveform[0]``); averaging
+    keeps what is only in the other channels and is the same for mono files.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A file soundfile reads: wav, flac, ogg/vorbis, aiff...
+        A file that soundfile reads: wav, flac, ogg/vorbis, aiff...
+    sample_rate : int, default=None
+        Resample to this rate (:func:`torchaudio.functional.resample`); ``None``
+        keeps the file's own rate.
     index : int, default=None
-        The clip's index in ``X``, for error messages.
+        The clip's index in ``X``, to name it in error messages.
 
     Returns
     -------
-    waveform : ndarray of shape (n_samples,), float32
+    waveform : ndarray of shape (n_samples,), dtype float32
+        A new, writable array.
     sample_rate : int
+        The waveform's rate: the file's, or ``sample_rate`` when given.
 
     Raises
     ------
     ValueError
-        A missing, unreadable, corrupt or empty file.
+        A missing, unreadable, corrupt, non-audio or empty (0 frames) file, or
+        one holding NaN or infinite samples. The original error is chained.
+
+    See Also
+    --------
+    to_waveform : A path or an array -> a 16 kHz tensor.
 
     Examples
     --------
     >>> import os, tempfile
     >>> import numpy as np, soundfile as sf
     >>> from skast._audio import load_audio
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
-    >>> sf.write(path, np.zeros((800, 2), dtype=np.float32), 8000)
-    >>> wave, rate = load_audio(path)
-    >>> wave.shape, wave.dtype, rate
-    ((800,), dtype('float32'), 8000)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "stereo.wav")
+    ...     sf.write(path, np.full((800, 2), [0.5, -0.25]), 8000)
+    ...     wave, rate = load_audio(path)
+    ...     wave16k, rate16k = load_audio(path, sample_rate=16000)
+    >>> wave.shape, wave.dtype, rate, float(wave[0])
+    ((800,), dtype('float32'), 8000, 0.125)
+    >>> wave16k.shape, rate16k
+    ((1600,), 16000)
     """
-    import soundfile
+    data, rate = _decode(path, index)
+    if data.shape[1] == 1:
+        wave = np.ascontiguousarray(data[:, 0])
+    else:
+        wave = data.mean(axis=1, dtype=np.float32)
+    _check_finite(wave, index, f"the audio file {os.fspath(path)!r}")
+    if sample_rate is not None:
+        sample_rate = _check_rate(sample_rate)
+        if sample_rate != rate:
+            wave = _resample(torch.from_numpy(wave), rate, sample_rate).numpy()
+            rate = sample_rate
+    return wave, rate
 
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _as_float32(item, index) -> np.ndarray:
+    """A new float32 array from a 1-D numeric clip, integer PCM scaled."""
     try:
-        data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError...
-        raise ValueError(
-            f"{_where(index)}cannot read audio file '{os.fspath(path)}': {err}"
+        a = np.asarray(item)
+    except Exception as err:  # ragged nested lists, odd objects
+        raise TypeError(
+            f"{_where(index)}cannot convert the clip to an array: {err}"
         ) from err
-    if data.shape[0] == 0:
-        raise ValueError(f"{_where(index)}audio file '{os.fspath(path)}' is empty")
-    wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
-
-
-def _as_float(array, index) -> np.ndarray:
-    """A float32 copy of a 1-D numeric clip, integer PCM scaled to [-1, 1]."""
-    try:
-        a = np.asarray(array)
-    except Exception as err:
-        raise TypeError(f"{_where(index)}cannot convert to an array: {err}") from err
     if a.dtype == object:
         try:
             a = a.astype(np.float64)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"{_where(index)}is not a numeric waveform") from err
+            raise TypeError(
+                f"{_where(index)}the clip is not a numeric waveform: {err}"
+            ) from err
     if a.ndim != 1:
         raise ValueError(
-            f"{_where(index)}a waveform must be 1-D, got shape {a.shape}; "
-            "multichannel arrays must be mixed to mono first"
+            f"{_where(index)}a waveform must be 1-D, got shape {a.shape}; mix "
+            "multichannel audio to mono first"
         )
     if a.size == 0:
         raise ValueError(f"{_where(index)}the clip is empty (0 samples)")
     kind = a.dtype.kind
-    if kind == "b" or kind == "c" or kind not in "iuf":
+    if kind == "f":
+        out = a.astype(np.float32)  # always a copy: float32 input too
+        _check_finite(out, index)
+        return out
+    if kind not in "iu":
         raise TypeError(
-            f"{_where(index)}waveforms must be real numbers, got dtype {a.dtype}"
+            f"{_where(index)}waveforms must hold real numbers (floats or integer "
+            f"PCM), got dtype {a.dtype}"
         )
-    if kind in "iu":
-        if a.dtype in _INT_SCALE:
-            offset, scale = _INT_SCALE[a.dtype]
-        else:  # int64 / uint32 / uint64: accept values that fit 32-bit PCM
-            lo, hi = int(a.min()), int(a.max())
-            if lo < -(2**31) or hi >= 2**31:
-                raise ValueError(
-                    f"{_where(index)}{a.dtype} samples outside the 32-bit PCM range"
-                )
-            offset, scale = 0.0, 2147483648.0
-        return ((a.astype(np.float64) - offset) / scale).astype(np.float32)
-    out = np.array(a, dtype=np.float32, copy=True)
-    if not np.isfinite(out).all():
-        raise ValueError(f"{_where(index)}the clip contains NaN or infinite values")
+    if a.dtype in _INT_PCM:
+        offset, scale = _INT_PCM[a.dtype]
+    else:  # 64-bit: 32-bit PCM held in a wider type
+        offset, scale = _INT_PCM[np.dtype(np.int32 if kind == "i" else np.uint32)]
+        lo, hi = (-(2**31), 2**31 - 1) if kind == "i" else (0, 2**32 - 1)
+        if int(a.min()) < lo or int(a.max()) > hi:
+            raise ValueError(
+                f"{_where(index)}{a.dtype} samples are read as 32-bit PCM and "
+                f"must lie in [{lo}, {hi}]; got values in "
+                f"[{int(a.min())}, {int(a.max())}]. Pass floats in [-1, 1] instead"
+            )
+    if offset:  # exact in int64, then one rounding to float32
+        out = (a.astype(np.int64) - offset).astype(np.float32)
+    else:
+        out = a.astype(np.float32)
+    out *= np.float32(1.0 / scale)  # a power of two: exact
     return out
 
 
-def to_waveform(item, *, sample_rate: int = SAMPLE_RATE, index=None) -> torch.Tensor:
-    """One raw clip (a 1-D array at ``sample_rate`` or a file path) -> a 1-D
-    float32 tensor at 16 kHz.
+def to_waveform(item, *, sample_rate=SAMPLE_RATE, index=None) -> torch.Tensor:
+    """Turn one raw clip into a 1-D float32 tensor at 16 kHz.
+
+    Parameters
+    ----------
+    item : array-like of shape (n_samples,), str or os.PathLike
+        A waveform at ``sample_rate`` (integer PCM is scaled to [-1, 1], see
+        the module's table), or an audio file path (decoded with
+        :func:`load_audio`; the file's own rate is used, not ``sample_rate``).
+    sample_rate : int, default=16000
+        The rate of an array ``item``, in Hz.
+    index : int, default=None
+        The clip's index in ``X``, to name it in error messages.
+
+    Returns
+    -------
+    waveform : torch.Tensor of shape (n_samples_16k,), dtype float32
+        A new tensor that shares no memory with ``item``. After resampling,
+        ``n_samples_16k = ceil(n_samples * 16000 / rate)``.
+
+    Raises
+    ------
+    ValueError
+        Empty clips, clips that are not 1-D, NaN or infinite samples, 64-bit
+        integers beyond 32-bit PCM, unreadable files.
+    TypeError
+        Boolean, complex or non-numeric samples.
 
     Examples
     --------
     >>> import numpy as np
     >>> from skast._audio import to_waveform
-    >>> to_waveform(np.zeros(8000, dtype=np.int16), sample_rate=8000).shape
+    >>> to_waveform(np.array([16384, -32768], dtype=np.int16))
+    tensor([ 0.5000, -1.0000])
+    >>> to_waveform(np.zeros(8000), sample_rate=8000).shape
     torch.Size([16000])
     """
     if _is_path(item):
         wave, rate = load_audio(item, index=index)
-        if not np.isfinite(wave).all():
-            raise ValueError(f"{_where(index)}the file contains NaN or infinite values")
     else:
-        wave, rate = _as_float(item, index), sample_rate
-    tensor = torch.from_numpy(wave)
-    if rate != SAMPLE_RATE:
-        import torchaudio.functional
+        wave, rate = _as_float32(item, index), _check_rate(sample_rate)
+    return _resample(torch.from_numpy(wave), rate, SAMPLE_RATE)
 
-        tensor = torchaudio.functional.resample(tensor, rate, SAMPLE_RATE)
-    return tensor
+
+# --------------------------------------------------------------------------- X
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _file_digest(path: str, stat_key: tuple) -> str:
+    """sha256 of a file's bytes; memoised on (path, device, inode, size,
+    mtime, ctime) so that repeated fits do not read unchanged files again."""
+    h = hashlib.sha256(b"file\0")
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class AudioInput(collections.abc.Sequence):
-    """A validated ``X``: indexable raw clips that load one at a time.
+    """A validated ``X``: indexable raw clips that are converted one at a time.
 
     Build it with :func:`check_audio_input`.
+
+    Parameters
+    ----------
+    items : ndarray or sequence
+        The clips: a 2-D array (``kind="array2d"``), a sequence of 1-D
+        array-likes (``"arrays"``) or a list of paths (``"paths"``).
+    kind : {"array2d", "arrays", "paths"}
+        What ``items`` holds.
 
     Attributes
     ----------
     kind : {"array2d", "arrays", "paths"}
+        What the clips are.
+
+    See Also
+    --------
+    check_audio_input : Validate ``X`` and build an AudioInput.
+    iter_batches : Stream the loaded clips in batches.
 
     Examples
     --------
     >>> import numpy as np
     >>> from skast._audio import check_audio_input
-    >>> audio = check_audio_input(np.zeros((3, 16000), dtype=np.float32))
-    >>> len(audio), audio.kind, audio.load(0, 16000).shape
-    (3, 'array2d', torch.Size([16000]))
+    >>> audio = check_audio_input(np.zeros((3, 8000), dtype=np.int16))
+    >>> len(audio), audio.kind, audio[0].shape
+    (3, 'array2d', (8000,))
+    >>> audio.load(0, sample_rate=8000).shape
+    torch.Size([16000])
     """
 
     def __init__(self, items, kind: str):
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
         self._items = items
         self.kind = kind
 
@@ -188,173 +368,358 @@ class AudioInput(collections.abc.Sequence):
         return len(self._items)
 
     def __getitem__(self, i):
+        """The raw item ``i``: a row of the 2-D array, an array-like or a path."""
         return self._items[i]
 
+    def __repr__(self) -> str:
+        return f"AudioInput(kind={self.kind!r}, n_clips={len(self)})"
+
     def subset(self, indices) -> AudioInput:
-        """The clips at ``indices``, as an AudioInput of the same kind."""
+        """The clips at ``indices``, renumbered from 0, as an AudioInput.
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Positions in this input.
+
+        Returns
+        -------
+        AudioInput
+            Of the same kind (rows of a 2-D array are copied).
+        """
         if self.kind == "array2d":
-            return AudioInput(self._items[np.asarray(indices, dtype=int)], self.kind)
+            return AudioInput(self._items[np.asarray(indices, dtype=np.intp)], "array2d")
         return AudioInput([self._items[i] for i in indices], self.kind)
 
-    def load(self, i: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-        """Clip ``i`` as a 1-D float32 tensor at 16 kHz (validated)."""
+    def load(self, i: int, sample_rate=SAMPLE_RATE) -> torch.Tensor:
+        """Clip ``i`` as a validated 1-D float32 tensor at 16 kHz.
+
+        Parameters
+        ----------
+        i : int
+            The clip's index, named in errors.
+        sample_rate : int, default=16000
+            The rate of in-memory waveforms; files use their own.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples,), dtype float32
+            See :func:`to_waveform`.
+        """
         return to_waveform(self._items[i], sample_rate=sample_rate, index=i)
 
     def fingerprint(self, i: int) -> str:
-        """A content hash of clip ``i``: the array's dtype, shape and bytes, or
-        the file's bytes (so a moved or copied file has the same fingerprint)."""
+        """A content hash of clip ``i`` (hex sha256), for caching embeddings.
+
+        Arrays hash their dtype, shape and bytes (a list of numbers hashes as
+        the array numpy makes of it); files hash their bytes, not their path,
+        so a moved or copied file keeps its fingerprint. The sample rate is not
+        included: callers add it to their own key.
+
+        Parameters
+        ----------
+        i : int
+            The clip's index, named in errors.
+
+        Returns
+        -------
+        str
+            64 hexadecimal digits.
+        """
         item = self._items[i]
-        h = hashlib.sha256()
         if self.kind == "paths":
-            h.update(b"file:")
+            name = os.fspath(item)
             try:
-                with open(item, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
+                st = os.stat(name)
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                return _file_digest(os.path.abspath(name), key)
             except OSError as err:
                 raise ValueError(
-                    f"clip {i}: cannot read '{os.fspath(item)}': {err}"
+                    f"clip {i}: cannot read audio file {name!r}: {err}"
                 ) from err
-        else:
-            a = np.ascontiguousarray(np.asarray(item))
-            h.update(f"array:{a.dtype.str}:{a.shape}:".encode())
-            h.update(a.tobytes())
+        a = np.asarray(item)
+        if a.dtype == object:
+            try:
+                a = a.astype(np.float64)
+            except (TypeError, ValueError) as err:
+                raise TypeError(
+                    f"clip {i}: the clip is not a numeric waveform: {err}"
+                ) from err
+        a = np.ascontiguousarray(a)
+        h = hashlib.sha256(f"array\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(memoryview(a).cast("B"))
         return h.hexdigest()
 
 
+def _single_clip_error(n) -> ValueError:
+    return ValueError(
+        f"X is a single waveform ({n} samples), not a batch of clips: {_ONE_CLIP}"
+    )
+
+
+def _check_2d(X: np.ndarray) -> AudioInput:
+    if X.shape[0] == 0:
+        raise ValueError(f"X holds 0 clips (shape {X.shape}); at least one is needed")
+    if X.shape[1] == 0:
+        raise ValueError(
+            f"clip 0: the clip is empty (0 samples): X has shape {X.shape}"
+        )
+    if X.dtype != object and X.dtype.kind not in "iuf":
+        raise TypeError(
+            "waveforms must hold real numbers (floats or integer PCM), got X of "
+            f"dtype {X.dtype}"
+        )
+    return AudioInput(X, "array2d")
+
+
 def check_audio_input(X) -> AudioInput:
-    """Validate the container ``X`` (not the clips) and wrap it.
+    """Validate the container ``X`` (not its clips) and wrap it.
+
+    Cheap: files are not opened and arrays are not copied (clips are converted
+    and validated by :meth:`AudioInput.load`, one at a time).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_clips, n_samples) or sequence of n_clips items
+        A 2-D numeric array-like of equal-length waveforms (numpy array,
+        memmap, pandas DataFrame...), or a sequence (list, tuple, 1-D object
+        array, pandas Series) of 1-D numeric array-likes of any lengths, or of
+        audio file paths (``str`` / ``os.PathLike``). A DataFrame with one
+        column of paths or of arrays is read as that column.
+
+    Returns
+    -------
+    AudioInput
+        With ``kind`` ``"array2d"``, ``"arrays"`` or ``"paths"``.
 
     Raises
     ------
-    TypeError, ValueError
-        ``None``, scalars, dicts, 1-D numeric arrays (one clip: pass ``[clip]``),
-        3-D arrays, empty ``X``, and mixed kinds (arrays and paths), naming the
-        first offending index.
+    ValueError
+        Empty ``X``; a single 1-D waveform (pass ``[clip]`` or
+        ``clip[None, :]``); arrays of 3 or more dimensions or clips that are
+        not 1-D; paths and waveforms mixed, naming the first odd index.
+    TypeError
+        ``None``, scalars, strings, dicts, sets, iterators, non-numeric 2-D
+        arrays, and items that are neither waveforms nor paths.
 
     Examples
     --------
+    >>> import numpy as np
     >>> from skast._audio import check_audio_input
+    >>> check_audio_input(np.zeros((2, 400))).kind
+    'array2d'
+    >>> check_audio_input([[0.0, 0.1], np.zeros(5)]).kind
+    'arrays'
     >>> check_audio_input(["a.wav", "b.flac"]).kind
     'paths'
-    >>> check_audio_input([[0.0, 0.1], [0.2]]).kind
-    'arrays'
+    >>> check_audio_input(np.zeros(400))
+    Traceback (most recent call last):
+    ...
+    ValueError: X is a single waveform (400 samples), not a batch of clips: ...
     """
-    if X is None or isinstance(X, (str, bytes, os.PathLike, dict)) or np.isscalar(X):
-        raise TypeError(
-            "X must be a 2-D array (n_clips, n_samples) or a sequence of 1-D "
-            f"waveforms or audio file paths, got {type(X).__name__}"
-        )
-    if hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 2:  # a DataFrame
+    if X is None or isinstance(X, (str, bytes, os.PathLike, dict, set)):
+        raise TypeError(f"{_X_TYPES}; got {type(X).__name__}")
+    if _is_scalar(X):
+        raise TypeError(f"{_X_TYPES}; got the scalar {X!r}")
+    if hasattr(X, "to_numpy") and hasattr(X, "ndim"):  # pandas DataFrame / Series
         X = X.to_numpy()
-    elif hasattr(X, "to_numpy"):  # a Series
-        X = X.to_numpy(dtype=object)
-    if isinstance(X, np.ndarray) and X.dtype != object:
-        if X.ndim == 2:
-            if X.shape[0] == 0:
-                raise ValueError("X holds 0 clips; at least one is required")
-            if X.shape[1] == 0:
-                raise ValueError("X has clips of 0 samples")
-            return AudioInput(X, "array2d")
-        if X.ndim == 1:
+    elif not isinstance(X, (np.ndarray, collections.abc.Sequence)):
+        if not hasattr(X, "__array__") and not hasattr(X, "__array_interface__"):
+            raise TypeError(f"{_X_TYPES}; got {type(X).__name__}")
+        X = np.asarray(X)  # torch tensors, xarray...: no copy when it can be avoided
+    if isinstance(X, np.ndarray):
+        if X.ndim == 0:
+            raise TypeError(f"{_X_TYPES}; got a 0-d array")
+        if X.ndim > 2:
             raise ValueError(
-                "X is a single 1-D array: pass one clip as [clip] or "
-                "clip[np.newaxis, :], several as a 2-D array or a list of arrays"
+                f"X must be 2-D (n_clips, n_samples), got an array of shape "
+                f"{X.shape}; mix multichannel audio to mono first"
             )
-        raise ValueError(
-            f"X must be 2-D (n_clips, n_samples), got an array of shape {X.shape}"
-        )
-    if isinstance(X, np.ndarray) and X.ndim != 1:
-        raise ValueError(f"X must be a 1-D sequence of clips, got shape {X.shape}")
-    if not isinstance(X, collections.abc.Sequence) and not isinstance(X, np.ndarray):
-        raise TypeError(
-            "X must be a 2-D array or a sequence of waveforms or paths, "
-            f"got {type(X).__name__}"
-        )
-    if len(X) == 0:
-        raise ValueError("X holds 0 clips; at least one is required")
-    paths = [_is_path(item) for item in X]
-    if all(paths):
+        if X.ndim == 2 and X.dtype == object and X.shape[1] == 1 and len(X):
+            first = X[0, 0]
+            if _is_path(first) or not _is_scalar(first):  # a column of clips
+                X = X[:, 0]
+        if X.ndim == 2:
+            return _check_2d(X)
+        if X.dtype.kind in "US":  # a numpy array of file names
+            if X.dtype.kind == "S":
+                raise TypeError(
+                    "X holds bytes: pass file paths as str or os.PathLike"
+                )
+            X = X.tolist()
+        elif X.dtype != object:
+            if X.size == 0:
+                raise ValueError("X holds 0 clips; at least one is needed")
+            raise _single_clip_error(X.shape[0])
+    n = len(X)
+    if n == 0:
+        raise ValueError("X holds 0 clips; at least one is needed")
+    is_path = [_is_path(item) for item in X]
+    if all(is_path):
         return AudioInput(list(X), "paths")
-    if any(paths):
-        first = paths.index(not paths[0])
+    if any(is_path):
+        odd = is_path.index(not is_path[0])
         raise ValueError(
-            f"X mixes file paths and waveforms (clip 0 is a "
-            f"{'path' if paths[0] else 'waveform'}, clip {first} is not)"
+            "X mixes file paths and waveforms: clip 0 is a "
+            f"{'path' if is_path[0] else 'waveform'}, clip {odd} is "
+            f"{'not' if is_path[0] else 'a path'}"
         )
+    scalars = [_is_scalar(item) for item in X]
+    if all(scalars):
+        raise _single_clip_error(n)
     for i, item in enumerate(X):
-        if isinstance(item, (dict, set)) or item is None or np.isscalar(item):
+        if scalars[i] or item is None or isinstance(item, (bytes, dict, set)):
             raise TypeError(
-                f"clip {i}: expected a 1-D waveform or a file path, got "
+                f"clip {i}: expected a 1-D waveform or an audio file path, got "
                 f"{type(item).__name__}"
             )
-    if all(np.ndim(item) == 0 for item in X[:1]):  # pragma: no cover - guarded above
-        raise ValueError("X is a single waveform: pass [clip]")
+        ndim = getattr(item, "ndim", 1)
+        if isinstance(item, (list, tuple)) and item and not _is_scalar(item[0]):
+            ndim = 2  # nested lists: numpy would make a 2-D clip of it
+        if ndim != 1:
+            shape = getattr(item, "shape", None)
+            raise ValueError(
+                f"clip {i}: a waveform must be 1-D, got "
+                f"{'nested lists' if shape is None else f'shape {tuple(shape)}'}; "
+                "mix multichannel audio to mono first (X must not be 3-D)"
+            )
     return AudioInput(X, "arrays")
 
 
+# --------------------------------------------------------------------------- batches
+
+
 class AudioDataset(torch.utils.data.Dataset):
-    """Item ``i`` is ``(i, waveform)`` for DataLoader workers (picklable).
+    """A map-style dataset of loaded clips: item ``i`` is ``(i, waveform)``.
+
+    Picklable, so that DataLoader workers (``num_workers > 0``) can load clips.
+
+    Parameters
+    ----------
+    audio_input : AudioInput
+        The clips (any object with ``len()`` and ``load(i, sample_rate)``).
+    sample_rate : int, default=16000
+        The rate of in-memory waveforms; files use their own.
+
+    See Also
+    --------
+    iter_batches : Batches of ``(i, waveform)`` pairs from a DataLoader.
 
     Examples
     --------
     >>> import numpy as np
     >>> from skast._audio import AudioDataset, check_audio_input
-    >>> ds = AudioDataset(check_audio_input(np.zeros((2, 400))), 16000)
-    >>> i, wave = ds[1]
-    >>> i, wave.shape
-    (1, torch.Size([400]))
+    >>> dataset = AudioDataset(check_audio_input(np.zeros((2, 400))), 8000)
+    >>> len(dataset)
+    2
+    >>> i, wave = dataset[1]
+    >>> i, wave.dtype, wave.shape
+    (1, torch.float32, torch.Size([800]))
     """
 
-    def __init__(self, audio: AudioInput, sample_rate: int = SAMPLE_RATE):
-        self.audio = audio
+    def __init__(self, audio_input, sample_rate=SAMPLE_RATE):
+        self.audio_input = audio_input
         self.sample_rate = sample_rate
 
     def __len__(self) -> int:
-        return len(self.audio)
+        return len(self.audio_input)
 
     def __getitem__(self, i):
-        return i, self.audio.load(i, self.sample_rate)
+        return i, self.audio_input.load(i, self.sample_rate)
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an error raised in a DataLoader worker (its cause)."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class _Failure:
+    """An error in a worker, sent back as an item to be raised in the main
+    process with its own type and message (DataLoader would replace the
+    message with the worker's traceback)."""
+
+    def __init__(self, error: Exception):
+        self.traceback = traceback.format_exc()
+        try:  # only what survives the trip to the main process
+            pickle.loads(pickle.dumps(error))
+            self.error = error
+        except Exception:
+            self.error = RuntimeError(f"{type(error).__name__}: {error}")
+
+    def reraise(self):
+        raise self.error from _RemoteTraceback(self.traceback)
+
+
+class _WorkerDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset: AudioDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except Exception as err:
+            return _Failure(err)
 
 
 def _collate(batch):
     return list(batch)
 
 
-def iter_batches(
-    audio: AudioInput, *, sample_rate: int, batch_size: int, num_workers: int = 0
-):
-    """Yield lists of ``(index, waveform)`` of up to ``batch_size`` clips, in order.
+def iter_batches(audio_input, *, sample_rate, batch_size, num_workers=0):
+    """Yield the loaded clips in order, in lists of ``(index, waveform)`` pairs.
 
-    Files are decoded by ``num_workers`` DataLoader processes when > 0; memory
-    is bounded by the batch size, not by ``len(audio)``.
+    A :class:`torch.utils.data.DataLoader` over :class:`AudioDataset` (no
+    shuffling, no collation: waveforms keep their own lengths). With
+    ``num_workers > 0``, files are decoded and resampled in worker processes;
+    an error there is raised in the main process with its own type and message
+    (the worker's traceback is chained). Memory is bounded by ``batch_size``
+    (times the DataLoader's prefetching), not by ``len(audio_input)``.
+
+    Parameters
+    ----------
+    audio_input : AudioInput
+        The clips (any object with ``len()`` and ``load(i, sample_rate)``).
+    sample_rate : int
+        The rate of in-memory waveforms; files use their own.
+    batch_size : int
+        The most clips per batch (the last batch may hold fewer).
+    num_workers : int, default=0
+        DataLoader worker processes; 0 loads in the main process.
+
+    Yields
+    ------
+    list of (int, torch.Tensor)
+        Positions in ``audio_input`` and 1-D float32 waveforms at 16 kHz.
 
     Examples
     --------
     >>> import numpy as np
     >>> from skast._audio import check_audio_input, iter_batches
     >>> audio = check_audio_input(np.zeros((5, 400), dtype=np.float32))
-    >>> [[i for i, _ in b] for b in iter_batches(audio, sample_rate=16000, batch_size=2)]
+    >>> batches = iter_batches(audio, sample_rate=16000, batch_size=2)
+    >>> [[i for i, _ in batch] for batch in batches]
     [[0, 1], [2, 3], [4]]
     """
-    dataset = AudioDataset(audio, sample_rate)
+    dataset = AudioDataset(audio_input, sample_rate)
     if num_workers == 0:
-        for start in range(0, len(dataset), batch_size):
-            yield [
-                dataset[i] for i in range(start, min(start + batch_size, len(dataset)))
-            ]
+        yield from torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate
+        )
         return
     loader = torch.utils.data.DataLoader(
-        dataset,
+        _WorkerDataset(dataset),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         collate_fn=_collate,
     )
-    try:
-        yield from loader
-    except (ValueError, TypeError) as err:
-        # DataLoader re-raises a worker's error with the worker's traceback as
-        # its message; its last line is "ValueError: clip 3: ...". Keep that.
-        last = str(err).strip().splitlines()[-1]
-        raise type(err)(last.split(": ", 1)[-1]) from err
+    for batch in loader:
+        for pair in batch:
+            if isinstance(pair, _Failure):
+                pair.reraise()
+        yield batch

@@ -1,0 +1,250 @@
+"""What ASTFeaturizer and ASTClassifier share: the model, the data path, pickling.
+
+``X`` -> :mod:`skast._audio` (mono float32 16 kHz clips, streamed in batches)
+-> :func:`skast._features.fbank` on the model's device, padded or truncated to
+``max_length`` frames -> normalised -> the model. One path for both estimators
+up to the pooled vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from skast import _audio, _features
+from skast._checkpoints import load_checkpoint
+from skast._model import AST, ASTConfig
+from skast._runtime import (
+    PRECISIONS,
+    autocast,
+    device_on_load,
+    is_out_of_memory,
+    progress_bar,
+    resolve_autocast,
+    resolve_device,
+)
+
+__all__ = ["ASTBase"]
+
+
+class ASTBase(BaseEstimator):
+    """Parameters, model construction, the feature path and device-safe pickling.
+
+    Subclasses set ``_parameter_constraints`` from :attr:`_common_constraints`
+    and call :meth:`_setup` at the start of ``fit``.
+    """
+
+    _common_constraints: dict = {
+        "checkpoint": [None, str, os.PathLike],
+        "model_config": [None, dict],
+        "max_length": [None, Interval(Integral, 16, None, closed="left")],
+        "normalize": [
+            StrOptions({*_features.NORM_STATS, "fit"}),
+            tuple,
+            list,
+        ],
+        "sample_rate": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [None, str, torch.device],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "verbose": ["verbose"],
+    }
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup(self, X, *, reset_model: bool = True):
+        """Validate X, resolve device/precision, build or load the model.
+
+        Returns the validated :class:`skast._audio.AudioInput`.
+        """
+        audio = _audio.check_audio_input(X)
+        self._check_normalize()
+        self.device_ = str(resolve_device(self.device))
+        self._autocast = resolve_autocast(self.precision, torch.device(self.device_))
+        if reset_model or not hasattr(self, "model_"):
+            self.model_ = self._build_model().to(self.device_).eval()
+        if self.normalize == "fit":
+            self.normalization_ = self._fit_normalization(audio)
+        else:
+            self.normalization_ = _features.resolve_normalization(self.normalize)
+        return audio
+
+    def _check_normalize(self):
+        if isinstance(self.normalize, (tuple, list)):
+            try:
+                _features.resolve_normalization(tuple(self.normalize))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"normalize={self.normalize!r}: {err}") from err
+
+    def _build_model(self) -> AST:
+        """The encoder: loaded from ``checkpoint`` or randomly initialised."""
+        if self.checkpoint is None:
+            overrides = dict(self.model_config or {})
+            if self.max_length is not None:
+                overrides["max_length"] = self.max_length
+            try:
+                config = ASTConfig(**overrides)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"model_config: {err}") from err
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(self._init_seed())
+            try:
+                model = AST(config)
+            finally:
+                torch.random.set_rng_state(generator_state)
+            return model
+        if self.model_config:
+            raise ValueError(
+                "model_config only applies to a randomly initialised model "
+                "(checkpoint=None); a checkpoint brings its own architecture"
+            )
+        return load_checkpoint(self.checkpoint, max_length=self.max_length).model
+
+    def _init_seed(self) -> int:
+        """Seed of a random initialisation (the classifier uses random_state)."""
+        return 0
+
+    def _fit_normalization(self, audio) -> tuple[float, float]:
+        """Mean and std of the training clips' log-mel features.
+
+        Computed over every value of the padded/truncated features, as the
+        original ``get_norm_stats`` does (without its augmentation).
+        """
+        total = total_sq = 0.0
+        count = 0
+        for _, feats in self._iter_fbank(audio, desc="normalization"):
+            feats = feats.double()
+            total += feats.sum().item()
+            total_sq += feats.square().sum().item()
+            count += feats.numel()
+        mean = total / count
+        std = max((total_sq / count - mean * mean) ** 0.5, 1e-8)
+        return float(mean), float(std)
+
+    # ------------------------------------------------------------------ data path
+
+    @property
+    def _max_frames(self) -> int:
+        return self.model_.config.max_length
+
+    def _iter_fbank(
+        self, audio, *, desc: str
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Yield ``(indices, log-mel (B, max_length, n_mels))`` on the device,
+        not normalised, in order, streaming ``batch_size`` clips at a time."""
+        bar = progress_bar(total=len(audio), enabled=bool(self.verbose), desc=desc)
+        device = torch.device(self.device_)
+        try:
+            for batch in _audio.iter_batches(
+                audio,
+                sample_rate=self.sample_rate,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+            ):
+                indices = [i for i, _ in batch]
+                waves = [w.to(device, non_blocking=True) for _, w in batch]
+                feats = _features.fbank(
+                    waves,
+                    max_length=self._max_frames,
+                    num_mel_bins=self.model_.config.num_mel_bins,
+                )
+                bar.update(len(batch))
+                yield indices, feats
+        finally:
+            bar.close()
+
+    def _iter_features(self, audio, *, desc: str):
+        """Like :meth:`_iter_fbank`, normalised: what the model takes."""
+        mean, std = self.normalization_
+        for indices, feats in self._iter_fbank(audio, desc=desc):
+            yield indices, _features.normalize(feats, mean, std)
+
+    def _forward_batches(
+        self, audio, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str
+    ) -> np.ndarray:
+        """Run ``fn`` (features -> (B, k) outputs) over all clips in eval mode,
+        without gradients, under autocast; float32 numpy of shape (n, k).
+
+        A device out-of-memory error halves the batch and retries.
+        """
+        out = None
+        device = torch.device(self.device_)
+        model = self.model_
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for indices, feats in self._iter_features(audio, desc=desc):
+                    result = self._run_splitting_on_oom(fn, feats, device)
+                    if out is None:
+                        out = np.empty((len(audio), result.shape[1]), dtype=np.float32)
+                    out[indices] = result
+        finally:
+            model.train(was_training)
+        return out
+
+    def _run_splitting_on_oom(self, fn, feats, device) -> np.ndarray:
+        try:
+            with autocast(device, self._autocast):
+                return fn(feats).float().cpu().numpy()
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            if not is_out_of_memory(err) or len(feats) == 1:
+                raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(feats) // 2
+        return np.concatenate(
+            [
+                self._run_splitting_on_oom(fn, feats[:half], device),
+                self._run_splitting_on_oom(fn, feats[half:], device),
+            ]
+        )
+
+    # ------------------------------------------------------------------ identity
+
+    def _model_fingerprint(self) -> str:
+        """A hash of the weights and everything that changes the outputs."""
+        h = hashlib.sha256()
+        for name, tensor in self.model_.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(repr(self.model_.config).encode())
+        h.update(
+            repr((self.normalization_, self.sample_rate, str(self._autocast))).encode()
+        )
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self):
+        # BaseEstimator may hand back the live __dict__: copy before popping
+        state = dict(super().__getstate__())
+        model = state.pop("model_", None)
+        if model is not None:
+            state["_packed_model"] = {
+                "config": model.config.to_dict(),
+                "state_dict": {
+                    k: v.detach().cpu() for k, v in model.state_dict().items()
+                },
+            }
+        return state
+
+    def __setstate__(self, state):
+        packed = state.pop("_packed_model", None)
+        super().__setstate__(state)
+        if packed is not None:
+            self.device_ = device_on_load(self.device_)
+            model = AST(ASTConfig.from_dict(packed["config"]))
+            model.load_state_dict(packed["state_dict"])
+            self.model_ = model.to(self.device_).eval()
+            self._autocast = resolve_autocast(
+                self.precision, torch.device(self.device_)
+            )

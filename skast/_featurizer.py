@@ -1,0 +1,376 @@
+"""ASTFeaturizer: clips in, one pooled AST embedding per clip out."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from numbers import Integral
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.base import (
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from skast import _audio
+from skast._base import ASTBase
+from skast._model import POOLINGS
+
+__all__ = ["ASTFeaturizer"]
+
+# Bumped whenever what a cached file holds changes meaning.
+_CACHE_FORMAT = "skast-embeddings-v1"
+# Missing clips are embedded and written to the cache this many at a time, so an
+# interrupted run keeps most of its work.
+_CACHE_CHUNK = 512
+_HEX = re.compile(r"[0-9a-fA-F]{16,128}")
+
+
+class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
+    """Embed audio clips with a pretrained Audio Spectrogram Transformer.
+
+    Each clip becomes one vector: the AST encoder's pooled output, by default
+    the mean of its ``[CLS]`` and distillation tokens after the final
+    LayerNorm, which is what transformers' ``ASTModel`` returns as
+    ``pooler_output``. ``fit`` loads the encoder and never trains it; put a
+    classifier after it in a :class:`~sklearn.pipeline.Pipeline` for
+    linear-probe style transfer learning.
+
+    Parameters
+    ----------
+    checkpoint : str or path-like, default=None
+        The encoder's weights: a Hugging Face hub id (such as
+        ``"MIT/ast-finetuned-audioset-10-10-0.4593"``, needs the ``hub``
+        extra), a directory written by ``save_pretrained``, or an original
+        ``.pth`` file of the AST repository. ``None`` builds a randomly
+        initialised encoder from ``model_config`` (for tests and experiments).
+
+    model_config : dict, default=None
+        Fields of :class:`skast._model.ASTConfig` (``hidden_size``,
+        ``num_hidden_layers``, ``max_length`` ...) for a randomly initialised
+        encoder; only with ``checkpoint=None``. ``None`` is the base AST.
+
+    max_length : int, default=None
+        Number of 10 ms frames the encoder sees: longer clips are truncated,
+        shorter ones zero-padded. ``None`` is the checkpoint's own length; other
+        values adapt the position embeddings as the original recipe does.
+
+    pooling : {"mean", "cls", "dist", "patch"}, default="mean"
+        How token states become one vector: ``"mean"`` averages the ``[CLS]``
+        and distillation tokens (the reference pooler), ``"cls"`` and
+        ``"dist"`` take one of them, ``"patch"`` averages the patch tokens.
+
+    layer : int, default=None
+        Which hidden state to pool. ``None`` is the last block's output after
+        the final LayerNorm. An int selects a hidden state as in
+        transformers' ``hidden_states``: 0 is the embeddings, ``i`` the output
+        of block ``i`` (before the final LayerNorm), negative values count
+        from the end. Blocks after it are not run.
+
+    normalize : {"audioset", "esc50", "speechcommands", "fit"} or (mean, std), \
+            default="audioset"
+        Normalisation ``(x - mean) / (2 * std)`` of the log-mel features: a
+        preset of the original recipes, an explicit pair, or ``"fit"`` to use
+        the mean and standard deviation of the training clips' features. Use
+        the statistics the checkpoint was trained with.
+
+    sample_rate : int, default=16000
+        Sample rate of waveform arrays; they are resampled to 16 kHz. Files
+        carry their own rate.
+
+    batch_size : int, default=16
+        Clips per forward pass. A device out-of-memory error halves it for
+        that batch and retries.
+
+    device : str or torch.device, default=None
+        Where the encoder runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        ``None`` is CUDA when available, else the CPU.
+
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without
+        it) on CUDA and float32 elsewhere. Embeddings are float32 in any case.
+
+    num_workers : int, default=0
+        DataLoader worker processes decoding audio files; 0 decodes in the
+        main process.
+
+    cache : str, path-like or joblib.Memory, default=None
+        Where to keep each clip's embedding, so that no clip is embedded twice,
+        even across estimators, cross-validation folds, grid-search candidates
+        and processes. A clip is identified by the hash of its content (not its
+        file name) together with the weights and every setting that changes
+        its embedding. Files go to ``<cache>/skast-embeddings/``; for a
+        :class:`joblib.Memory`, under its ``location`` (a ``Memory`` without a
+        location disables caching). ``None`` caches nothing.
+
+    verbose : bool or int, default=False
+        Show a progress bar over the clips.
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module
+        The encoder (:class:`skast._model.AST`), in eval mode on ``device_``.
+
+    device_ : str
+        The device the encoder runs on.
+
+    normalization_ : tuple of (float, float)
+        The ``(mean, std)`` the features are normalised with.
+
+    See Also
+    --------
+    ASTClassifier : Fine-tune an AST end to end on labelled clips.
+    sklearn.pipeline.make_pipeline : Put a classifier after the featurizer.
+
+    Notes
+    -----
+    ``fit`` only loads the encoder (and, with ``normalize="fit"``, computes the
+    feature statistics); it never embeds a clip. ``transform`` streams the
+    clips in batches of ``batch_size``, so memory does not grow with their
+    number, and returns a float32 array of shape ``(n_clips, hidden_size)``.
+
+    Clips may have any length: a waveform's length is not a feature count, so
+    this transformer sets no ``n_features_in_``. Waveform arrays of shape
+    ``(n_clips, n_samples)``, lists of 1-D arrays of different lengths and
+    lists of file paths are all accepted.
+
+    A pickled (or ``joblib.dump``-ed) featurizer holds its weights, as CPU
+    tensors. This is deliberate: a fitted featurizer is self-contained, works
+    offline and on another device, and its embeddings stay reproducible even
+    if a hub model changes. The cost is the size, about 345 MB for the base
+    model in float32. Loaded where the device it was fitted on is missing, it
+    runs on the CPU with a warning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skast import ASTFeaturizer
+    >>> rng = np.random.default_rng(0)
+    >>> X = 0.1 * rng.standard_normal((4, 8000))   # four 0.5 s clips at 16 kHz
+    >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    ...             intermediate_size=64, max_length=64)
+    >>> featurizer = ASTFeaturizer(model_config=tiny, device="cpu").fit(X)
+    >>> embeddings = featurizer.transform(X)
+    >>> embeddings.shape, embeddings.dtype
+    ((4, 32), dtype('float32'))
+    >>> featurizer.get_feature_names_out()[:2]
+    array(['astfeaturizer0', 'astfeaturizer1'], dtype=object)
+
+    In a pipeline, with a probe on the embeddings:
+
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> pipe = make_pipeline(ASTFeaturizer(model_config=tiny, device="cpu"),
+    ...                      LogisticRegression())
+    >>> pipe.fit(X, [0, 1, 0, 1]).predict(X).shape
+    (4,)
+    """
+
+    _parameter_constraints: dict = {
+        **ASTBase._common_constraints,
+        "pooling": [StrOptions(set(POOLINGS))],
+        "layer": [None, Integral],
+        "cache": [None, str, os.PathLike, joblib.Memory],
+    }
+
+    def __init__(
+        self,
+        checkpoint=None,
+        *,
+        model_config=None,
+        max_length=None,
+        pooling="mean",
+        layer=None,
+        normalize="audioset",
+        sample_rate=16000,
+        batch_size=16,
+        device=None,
+        precision="auto",
+        num_workers=0,
+        cache=None,
+        verbose=False,
+    ):
+        self.checkpoint = checkpoint
+        self.model_config = model_config
+        self.max_length = max_length
+        self.pooling = pooling
+        self.layer = layer
+        self.normalize = normalize
+        self.sample_rate = sample_rate
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.cache = cache
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load the encoder; nothing is trained or embedded.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_clips, n_samples) or sequence of clips
+            Waveforms at ``sample_rate``, 1-D arrays of any lengths, or paths
+            of audio files. Only read with ``normalize="fit"``; otherwise only
+            validated.
+
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : ASTFeaturizer
+            The fitted featurizer.
+        """
+        self._setup(X)
+        self.model_._layer_index(self.layer)  # "layer must be in [...]"
+        self._n_features_out = self.model_.config.hidden_size
+        # hashing the weights takes a moment: only when a cache will use it
+        self._fingerprint = self._model_fingerprint() if self._cache_dir() else None
+        return self
+
+    def transform(self, X):
+        """Embed each clip.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_clips, n_samples) or sequence of clips
+            Waveforms at ``sample_rate``, 1-D arrays of any lengths, or paths
+            of audio files.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_clips, hidden_size), dtype float32
+            One pooled encoder output per clip, in the order of ``X``.
+        """
+        check_is_fitted(self)
+        audio = _audio.check_audio_input(X)
+        cache_dir = self._cache_dir()
+        if cache_dir is None:
+            return self._embed(audio)
+        return self._transform_cached(audio, cache_dir)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.requires_fit = True
+        return tags
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # loaded on another device, the precision (part of the key) may differ
+        if getattr(self, "_fingerprint", None) is not None:
+            self._fingerprint = self._model_fingerprint()
+
+    # ------------------------------------------------------------- model, embedding
+
+    def _embed(self, audio, desc: str = "embedding") -> np.ndarray:
+        model, layer, pooling = self.model_, self.layer, self.pooling
+
+        def embed(x):
+            return model.pool(model.forward_features(x, layer), pooling)
+
+        return self._forward_batches(audio, embed, desc=desc)
+
+    # ------------------------------------------------------------------ cache
+
+    def _cache_dir(self) -> Path | None:
+        cache = self.cache
+        if isinstance(cache, joblib.Memory):
+            cache = cache.location
+        if cache is None:
+            return None
+        return Path(cache) / "skast-embeddings"
+
+    def _cache_key(self) -> str:
+        """The fitted model's fingerprint and the settings read at transform
+        time (so that ``set_params`` after ``fit`` cannot serve stale files)."""
+        fingerprint = getattr(self, "_fingerprint", None) or self._model_fingerprint()
+        h = hashlib.sha256(_CACHE_FORMAT.encode())
+        h.update(fingerprint.encode())
+        h.update(repr((self.pooling, self.layer, self.sample_rate)).encode())
+        return h.hexdigest()
+
+    def _transform_cached(self, audio, cache_dir: Path) -> np.ndarray:
+        folder = cache_dir / self._cache_key()[:16]
+        n_out = self._n_features_out
+        out = np.empty((len(audio), n_out), dtype=np.float32)
+        missing: dict[str, list[int]] = {}  # clip hash -> its indices in X
+        for i in range(len(audio)):
+            clip = _safe_name(audio.fingerprint(i))
+            if clip in missing:
+                missing[clip].append(i)
+                continue
+            row = _read_embedding(folder / clip[:2] / f"{clip}.npy", n_out)
+            if row is None:
+                missing[clip] = [i]
+            else:
+                out[i] = row
+        todo = list(missing.items())
+        n_chunks = -(-len(todo) // _CACHE_CHUNK)
+        warned = False
+        for c in range(n_chunks):
+            chunk = todo[c * _CACHE_CHUNK : (c + 1) * _CACHE_CHUNK]
+            desc = "embedding" if n_chunks == 1 else f"embedding {c + 1}/{n_chunks}"
+            sub = audio.subset([indices[0] for _, indices in chunk])
+            rows = self._embed(sub, desc=desc)
+            for (clip, indices), row in zip(chunk, rows):
+                out[indices] = row
+                try:
+                    _write_embedding(folder / clip[:2] / f"{clip}.npy", row)
+                except OSError as err:
+                    if not warned:
+                        warnings.warn(
+                            f"could not write to the embedding cache {cache_dir}: "
+                            f"{err}; embeddings are computed but not cached",
+                            UserWarning,
+                            stacklevel=3,
+                        )
+                        warned = True
+        return out
+
+
+def _safe_name(fingerprint: str) -> str:
+    """A clip's content hash as a file name (hashed again unless plain hex)."""
+    if _HEX.fullmatch(fingerprint):
+        return fingerprint.lower()
+    return hashlib.sha256(fingerprint.encode()).hexdigest()
+
+
+def _read_embedding(path: Path, n_out: int) -> np.ndarray | None:
+    """A cached embedding, or ``None`` if missing, unreadable or malformed."""
+    try:
+        row = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if row.shape != (n_out,) or row.dtype != np.float32:
+        return None
+    return row
+
+
+def _write_embedding(path: Path, row: np.ndarray) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename.
+
+    Concurrent writers of the same clip each rename a complete file over the
+    other's; readers never see a partial one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(row, dtype=np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
