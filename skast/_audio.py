@@ -8,10 +8,11 @@ Accepted ``X``:
   1-D numeric arrays of any lengths (lists of numbers too), or all audio file
   paths (``str`` / ``os.PathLike``).
 
-:func:`check_audio_input` checks the container only, cheaply; each clip is
-converted and validated when it is loaded (:meth:`AudioInput.load`), one at a
-time, so that estimators stream ``X`` in batches with bounded memory. Every
-error about a clip names its index in ``X``.
+:func:`check_audio_input` checks the container and, in place, the in-memory
+clips (files are not opened); :meth:`AudioInput.load` converts and validates
+one clip at a time, so that estimators stream ``X`` in batches
+(:func:`iter_batches`) with bounded memory. Every error about a clip names its
+index in ``X``.
 
 Samples are converted to float32 as follows (the user's arrays are never
 modified; conversions always work on a copy):
@@ -27,7 +28,7 @@ uint16                    ``(x - 32768) / 32768``
 int32                     ``x / 2**31``
 uint32                    ``(x - 2**31) / 2**31``
 int64 / uint64            as int32 / uint32 when the values fit, else error
-bool, complex, others     ``TypeError``
+bool, complex, others     :class:`SampleTypeError` (a TypeError)
 ========================  ===============================================
 
 Clips at another rate than 16 kHz are resampled with
@@ -44,6 +45,7 @@ import hashlib
 import numbers
 import os
 import pickle
+import sys
 import traceback
 
 import numpy as np
@@ -54,6 +56,7 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioDataset",
     "AudioInput",
+    "SampleTypeError",
     "check_audio_input",
     "iter_batches",
     "load_audio",
@@ -131,6 +134,8 @@ def _decode(path, index) -> tuple[np.ndarray, int]:
     name = os.fspath(path)
     try:
         data, rate = soundfile.read(name, dtype="float32", always_2d=True)
+    except MemoryError:
+        raise
     except Exception as err:  # LibsndfileError, RuntimeError, TypeError...
         cause = err
         try:  # soundfile says "System error." for a missing file: say which
@@ -142,9 +147,7 @@ def _decode(path, index) -> tuple[np.ndarray, int]:
             f"{_where(index)}cannot read audio file {name!r}: {cause}"
         ) from cause
     if data.shape[0] == 0:
-        raise ValueError(
-            f"{_where(index)}the audio file {name!r} is empty (0 frames)"
-        )
+        raise ValueError(f"{_where(index)}the audio file {name!r} is empty (0 frames)")
     return data, int(rate)
 
 
@@ -215,8 +218,36 @@ def load_audio(path, *, sample_rate=None, index=None) -> tuple[np.ndarray, int]:
 # --------------------------------------------------------------------------- arrays
 
 
-def _as_float32(item, index) -> np.ndarray:
-    """A new float32 array from a 1-D numeric clip, integer PCM scaled."""
+class SampleTypeError(TypeError, ValueError):
+    """Samples that are not real numbers: bool, complex, strings, objects.
+
+    A :class:`TypeError`, and a :class:`ValueError` too, which is what
+    scikit-learn raises for complex data (``except ValueError`` catches it).
+    """
+
+
+def _check_dtype(dtype: np.dtype, index) -> None:
+    if dtype.kind == "c":
+        raise SampleTypeError(
+            f"{_where(index)}Complex data not supported: waveforms must be real, "
+            f"got dtype {dtype}"
+        )
+    if dtype.kind not in "iuf":
+        raise SampleTypeError(
+            f"{_where(index)}waveforms must hold real numbers (floats or integer "
+            f"PCM), got dtype {dtype}"
+        )
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _validated(item, index) -> np.ndarray:
+    """A clip as a valid 1-D numeric array, not copied when it is one already.
+
+    Valid: 1-D, not empty, integer or float samples, finite, within float32's
+    range, and 64-bit integers within 32-bit PCM.
+    """
     try:
         a = np.asarray(item)
     except Exception as err:  # ragged nested lists, odd objects
@@ -227,7 +258,7 @@ def _as_float32(item, index) -> np.ndarray:
         try:
             a = a.astype(np.float64)
         except (TypeError, ValueError) as err:
-            raise TypeError(
+            raise SampleTypeError(
                 f"{_where(index)}the clip is not a numeric waveform: {err}"
             ) from err
     if a.ndim != 1:
@@ -237,27 +268,31 @@ def _as_float32(item, index) -> np.ndarray:
         )
     if a.size == 0:
         raise ValueError(f"{_where(index)}the clip is empty (0 samples)")
-    kind = a.dtype.kind
+    _check_dtype(a.dtype, index)
+    kind, size = a.dtype.kind, a.dtype.itemsize
     if kind == "f":
-        out = a.astype(np.float32)  # always a copy: float32 input too
-        _check_finite(out, index)
-        return out
-    if kind not in "iu":
-        raise TypeError(
-            f"{_where(index)}waveforms must hold real numbers (floats or integer "
-            f"PCM), got dtype {a.dtype}"
-        )
-    if a.dtype in _INT_PCM:
-        offset, scale = _INT_PCM[a.dtype]
-    else:  # 64-bit: 32-bit PCM held in a wider type
-        offset, scale = _INT_PCM[np.dtype(np.int32 if kind == "i" else np.uint32)]
+        _check_finite(a, index)
+        if size > 4 and (a.max() > _F32_MAX or a.min() < -_F32_MAX):
+            raise ValueError(
+                f"{_where(index)}the clip holds values beyond the float32 range"
+            )
+    elif size > 4:  # 64-bit integers: 32-bit PCM held in a wider type
         lo, hi = (-(2**31), 2**31 - 1) if kind == "i" else (0, 2**32 - 1)
-        if int(a.min()) < lo or int(a.max()) > hi:
+        a_min, a_max = int(a.min()), int(a.max())
+        if a_min < lo or a_max > hi:
             raise ValueError(
                 f"{_where(index)}{a.dtype} samples are read as 32-bit PCM and "
-                f"must lie in [{lo}, {hi}]; got values in "
-                f"[{int(a.min())}, {int(a.max())}]. Pass floats in [-1, 1] instead"
+                f"must lie in [{lo}, {hi}]; got values in [{a_min}, {a_max}]. "
+                "Pass floats in [-1, 1] instead"
             )
+    return a
+
+
+def _to_float32(a: np.ndarray) -> np.ndarray:
+    """A new float32 array from a :func:`_validated` one, integer PCM scaled."""
+    if a.dtype.kind == "f":
+        return a.astype(np.float32)  # always a copy: float32 input too
+    offset, scale = _INT_PCM[np.dtype(f"{a.dtype.kind}{min(a.dtype.itemsize, 4)}")]
     if offset:  # exact in int64, then one rounding to float32
         out = (a.astype(np.int64) - offset).astype(np.float32)
     else:
@@ -291,8 +326,10 @@ def to_waveform(item, *, sample_rate=SAMPLE_RATE, index=None) -> torch.Tensor:
     ValueError
         Empty clips, clips that are not 1-D, NaN or infinite samples, 64-bit
         integers beyond 32-bit PCM, unreadable files.
+    SampleTypeError
+        Boolean, complex or non-numeric samples (a TypeError and a ValueError).
     TypeError
-        Boolean, complex or non-numeric samples.
+        A clip that numpy cannot make an array of.
 
     Examples
     --------
@@ -306,7 +343,8 @@ def to_waveform(item, *, sample_rate=SAMPLE_RATE, index=None) -> torch.Tensor:
     if _is_path(item):
         wave, rate = load_audio(item, index=index)
     else:
-        wave, rate = _as_float32(item, index), _check_rate(sample_rate)
+        wave = _to_float32(_validated(item, index))
+        rate = _check_rate(sample_rate)
     return _resample(torch.from_numpy(wave), rate, SAMPLE_RATE)
 
 
@@ -363,19 +401,34 @@ class AudioInput(collections.abc.Sequence):
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
         self._items = items
         self.kind = kind
+        self._indices = None  # a subset: positions in items, named in errors
+
+    def _source(self, i) -> int:
+        """The index in the original ``X`` of clip ``i`` (IndexError if none)."""
+        if self._indices is None:
+            return range(len(self._items))[i]
+        return self._indices[i]
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._indices is None else len(self._indices)
 
     def __getitem__(self, i):
         """The raw item ``i``: a row of the 2-D array, an array-like or a path."""
-        return self._items[i]
+        if self._indices is None:
+            return self._items[i]
+        if isinstance(i, slice):
+            return [self._items[j] for j in self._indices[i]]
+        return self._items[self._indices[i]]
 
     def __repr__(self) -> str:
         return f"AudioInput(kind={self.kind!r}, n_clips={len(self)})"
 
     def subset(self, indices) -> AudioInput:
-        """The clips at ``indices``, renumbered from 0, as an AudioInput.
+        """The clips at ``indices``, numbered from 0 but named as in ``X``.
+
+        Nothing is copied. Errors from the subset's ``load`` and
+        ``fingerprint`` name each clip by its index in the original ``X``, as
+        the user numbers it.
 
         Parameters
         ----------
@@ -385,11 +438,24 @@ class AudioInput(collections.abc.Sequence):
         Returns
         -------
         AudioInput
-            Of the same kind (rows of a 2-D array are copied).
+            Of the same kind.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skast._audio import check_audio_input
+        >>> audio = check_audio_input([np.zeros(3), np.zeros(0)], check_clips=False)
+        >>> sub = audio.subset([1])
+        >>> len(sub), sub[0].shape
+        (1, (0,))
+        >>> sub.load(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: clip 1: the clip is empty (0 samples)
         """
-        if self.kind == "array2d":
-            return AudioInput(self._items[np.asarray(indices, dtype=np.intp)], "array2d")
-        return AudioInput([self._items[i] for i in indices], self.kind)
+        sub = AudioInput(self._items, self.kind)
+        sub._indices = [self._source(int(i)) for i in indices]
+        return sub
 
     def load(self, i: int, sample_rate=SAMPLE_RATE) -> torch.Tensor:
         """Clip ``i`` as a validated 1-D float32 tensor at 16 kHz.
@@ -397,7 +463,7 @@ class AudioInput(collections.abc.Sequence):
         Parameters
         ----------
         i : int
-            The clip's index, named in errors.
+            The clip's position (errors name its index in the original ``X``).
         sample_rate : int, default=16000
             The rate of in-memory waveforms; files use their own.
 
@@ -406,7 +472,8 @@ class AudioInput(collections.abc.Sequence):
         torch.Tensor of shape (n_samples,), dtype float32
             See :func:`to_waveform`.
         """
-        return to_waveform(self._items[i], sample_rate=sample_rate, index=i)
+        j = self._source(i)
+        return to_waveform(self._items[j], sample_rate=sample_rate, index=j)
 
     def fingerprint(self, i: int) -> str:
         """A content hash of clip ``i`` (hex sha256), for caching embeddings.
@@ -419,13 +486,14 @@ class AudioInput(collections.abc.Sequence):
         Parameters
         ----------
         i : int
-            The clip's index, named in errors.
+            The clip's position (errors name its index in the original ``X``).
 
         Returns
         -------
         str
             64 hexadecimal digits.
         """
+        i = self._source(i)
         item = self._items[i]
         if self.kind == "paths":
             name = os.fspath(item)
@@ -442,7 +510,7 @@ class AudioInput(collections.abc.Sequence):
             try:
                 a = a.astype(np.float64)
             except (TypeError, ValueError) as err:
-                raise TypeError(
+                raise SampleTypeError(
                     f"clip {i}: the clip is not a numeric waveform: {err}"
                 ) from err
         a = np.ascontiguousarray(a)
@@ -453,39 +521,59 @@ class AudioInput(collections.abc.Sequence):
 
 def _single_clip_error(n) -> ValueError:
     return ValueError(
-        f"X is a single waveform ({n} samples), not a batch of clips: {_ONE_CLIP}"
+        f"X is a single waveform ({n} samples), not a batch of clips. Reshape "
+        f"your data: {_ONE_CLIP}"
     )
 
 
-def _check_2d(X: np.ndarray) -> AudioInput:
+def _is_sparse(X) -> bool:
+    sparse = sys.modules.get("scipy.sparse")  # not imported: X is not one of its
+    if sparse is not None and sparse.issparse(X):
+        return True
+    if getattr(X, "is_sparse", False) is True:  # torch sparse tensors
+        return True
+    return type(X).__module__.split(".")[0] == "sparse"  # pydata/sparse
+
+
+def _check_2d(X: np.ndarray, check_clips: bool) -> AudioInput:
     if X.shape[0] == 0:
         raise ValueError(f"X holds 0 clips (shape {X.shape}); at least one is needed")
     if X.shape[1] == 0:
         raise ValueError(
-            f"clip 0: the clip is empty (0 samples): X has shape {X.shape}"
+            "clip 0: the clip is empty (0 samples). Found array with 0 feature(s) "
+            f"(shape={X.shape}) while a minimum of 1 is required."
         )
-    if X.dtype != object and X.dtype.kind not in "iuf":
-        raise TypeError(
-            "waveforms must hold real numbers (floats or integer PCM), got X of "
-            f"dtype {X.dtype}"
-        )
+    if X.dtype != object:
+        _check_dtype(X.dtype, None)
+    if check_clips and (
+        X.dtype == object or X.dtype.itemsize > 4 or X.dtype.kind == "f"
+    ):
+        for i in range(X.shape[0]):  # one row of temporaries at a time
+            _validated(X[i], i)
     return AudioInput(X, "array2d")
 
 
-def check_audio_input(X) -> AudioInput:
-    """Validate the container ``X`` (not its clips) and wrap it.
+def check_audio_input(X, *, check_clips=True) -> AudioInput:
+    """Validate ``X`` and wrap it, without decoding files or copying waveforms.
 
-    Cheap: files are not opened and arrays are not copied (clips are converted
-    and validated by :meth:`AudioInput.load`, one at a time).
+    The container is checked first. Then, unless ``check_clips=False``, each
+    in-memory waveform is checked in place (1-D, not empty, real numbers,
+    finite...), so that bad clips fail before any model work; temporaries stay
+    within one clip. Files are only checked when :meth:`AudioInput.load`
+    decodes them. ``load`` validates every clip again, whatever
+    ``check_clips``.
 
     Parameters
     ----------
     X : array-like of shape (n_clips, n_samples) or sequence of n_clips items
         A 2-D numeric array-like of equal-length waveforms (numpy array,
-        memmap, pandas DataFrame...), or a sequence (list, tuple, 1-D object
-        array, pandas Series) of 1-D numeric array-likes of any lengths, or of
-        audio file paths (``str`` / ``os.PathLike``). A DataFrame with one
-        column of paths or of arrays is read as that column.
+        memmap, pandas DataFrame, torch tensor...), or a sequence (list, tuple,
+        1-D object array, pandas Series) of 1-D numeric array-likes of any
+        lengths, or of audio file paths (``str`` / ``os.PathLike``). A
+        DataFrame with one column of paths or of arrays is read as that column.
+    check_clips : bool, default=True
+        Validate the in-memory waveforms now (a pass over their samples), not
+        only as they load.
 
     Returns
     -------
@@ -497,10 +585,15 @@ def check_audio_input(X) -> AudioInput:
     ValueError
         Empty ``X``; a single 1-D waveform (pass ``[clip]`` or
         ``clip[None, :]``); arrays of 3 or more dimensions or clips that are
-        not 1-D; paths and waveforms mixed, naming the first odd index.
+        not 1-D; paths and waveforms mixed, naming the first odd index; with
+        ``check_clips``, empty clips, NaN or infinite samples, 64-bit integers
+        beyond 32-bit PCM, naming the clip.
     TypeError
-        ``None``, scalars, strings, dicts, sets, iterators, non-numeric 2-D
-        arrays, and items that are neither waveforms nor paths.
+        ``None``, scalars, strings, dicts, sets, iterators, sparse matrices,
+        items that are neither waveforms nor paths.
+    SampleTypeError
+        Samples that are not real numbers: bool, complex (both a TypeError and
+        a ValueError).
 
     Examples
     --------
@@ -512,11 +605,19 @@ def check_audio_input(X) -> AudioInput:
     'arrays'
     >>> check_audio_input(["a.wav", "b.flac"]).kind
     'paths'
+    >>> check_audio_input([np.zeros(4), np.array([0.0, np.nan])])
+    Traceback (most recent call last):
+    ...
+    ValueError: clip 1: the clip contains NaN or infinite values
     >>> check_audio_input(np.zeros(400))
     Traceback (most recent call last):
     ...
-    ValueError: X is a single waveform (400 samples), not a batch of clips: ...
+    ValueError: X is a single waveform (400 samples), not a batch of clips. ...
     """
+    if _is_sparse(X):  # before dict: scipy's dok_array is one
+        raise TypeError(
+            f"sparse input is not supported: {_X_TYPES}; got {type(X).__name__}"
+        )
     if X is None or isinstance(X, (str, bytes, os.PathLike, dict, set)):
         raise TypeError(f"{_X_TYPES}; got {type(X).__name__}")
     if _is_scalar(X):
@@ -540,12 +641,10 @@ def check_audio_input(X) -> AudioInput:
             if _is_path(first) or not _is_scalar(first):  # a column of clips
                 X = X[:, 0]
         if X.ndim == 2:
-            return _check_2d(X)
+            return _check_2d(X, check_clips)
         if X.dtype.kind in "US":  # a numpy array of file names
             if X.dtype.kind == "S":
-                raise TypeError(
-                    "X holds bytes: pass file paths as str or os.PathLike"
-                )
+                raise TypeError("X holds bytes: pass file paths as str or os.PathLike")
             X = X.tolist()
         elif X.dtype != object:
             if X.size == 0:
@@ -583,6 +682,9 @@ def check_audio_input(X) -> AudioInput:
                 f"{'nested lists' if shape is None else f'shape {tuple(shape)}'}; "
                 "mix multichannel audio to mono first (X must not be 3-D)"
             )
+    if check_clips:
+        for i, item in enumerate(X):
+            _validated(item, i)
     return AudioInput(X, "arrays")
 
 

@@ -414,7 +414,7 @@ def load_checkpoint(
     ...     save_pretrained(AST(cfg), d)
     ...     ckpt = load_checkpoint(d, max_length=32)
     >>> ckpt.config.max_length, tuple(ckpt.model.pos_embed.shape)
-    (32, (1, 11, 32))
+    (32, (1, 6, 32))
     """
     source = os.fspath(checkpoint)
     path = Path(source).expanduser()

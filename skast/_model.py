@@ -273,8 +273,8 @@ class AST(nn.Module):
     >>> model = AST(cfg).eval()
     >>> x = torch.zeros(3, 32, 32)            # (batch, frames, mel bins)
     >>> tokens = model.forward_features(x)
-    >>> tokens.shape                          # 2 special tokens + 3 x 3 patches
-    torch.Size([3, 11, 32])
+    >>> tokens.shape                          # 2 special tokens + 2 x 2 patches
+    torch.Size([3, 6, 32])
     >>> model.pool(tokens, "mean").shape, model(x).shape
     (torch.Size([3, 32]), torch.Size([3, 2]))
     """
