@@ -60,22 +60,30 @@ class ASTBase(BaseEstimator):
 
     # ------------------------------------------------------------------ set-up
 
-    def _setup(self, X, *, reset_model: bool = True):
-        """Validate X, resolve device/precision, build or load the model.
+    def _setup(self, audio, *, keep_model: bool = False) -> None:
+        """Resolve device and precision; build or load the model and the
+        normalisation (``keep_model``: keep both, as warm starts do).
 
-        Returns the validated :class:`skast._audio.AudioInput`.
+        ``audio`` is the validated input (:func:`skast._audio.check_audio_input`).
         """
-        audio = _audio.check_audio_input(X)
         self._check_normalize()
-        self.device_ = str(resolve_device(self.device))
-        self._autocast = resolve_autocast(self.precision, torch.device(self.device_))
-        if reset_model or not hasattr(self, "model_"):
-            self.model_ = self._build_model().to(self.device_).eval()
-        if self.normalize == "fit":
+        device = resolve_device(self.device)
+        self.device_ = str(device)
+        self._autocast = resolve_autocast(self.precision, device)
+        if keep_model:
+            self.model_.to(device)
+            return
+        self.model_ = self._build_model().to(device).eval()
+        normalize = self._setting("normalize")
+        if normalize == "fit":
             self.normalization_ = self._fit_normalization(audio)
         else:
-            self.normalization_ = _features.resolve_normalization(self.normalize)
-        return audio
+            self.normalization_ = _features.resolve_normalization(normalize)
+
+    def _setting(self, name: str):
+        """The value in force for parameter ``name`` (a classifier's recipe may
+        fill in parameters the user left at their defaults)."""
+        return getattr(self, name)
 
     def _check_normalize(self):
         if isinstance(self.normalize, (tuple, list)):
@@ -85,28 +93,26 @@ class ASTBase(BaseEstimator):
                 raise ValueError(f"normalize={self.normalize!r}: {err}") from err
 
     def _build_model(self) -> AST:
-        """The encoder: loaded from ``checkpoint`` or randomly initialised."""
+        """The encoder: loaded from ``checkpoint`` or randomly initialised
+        (seeded by :meth:`_init_seed`; the global RNG state is left as it was)."""
+        max_length = self._setting("max_length")
         if self.checkpoint is None:
-            overrides = dict(self.model_config or {})
-            if self.max_length is not None:
-                overrides["max_length"] = self.max_length
+            fields = dict(self.model_config or {})
+            if max_length is not None:
+                fields["max_length"] = max_length
             try:
-                config = ASTConfig(**overrides)
+                config = ASTConfig(**fields)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"model_config: {err}") from err
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(self._init_seed())
-            try:
-                model = AST(config)
-            finally:
-                torch.random.set_rng_state(generator_state)
-            return model
+                raise ValueError(f"model_config={self.model_config!r}: {err}") from err
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(self._init_seed())
+                return AST(config)
         if self.model_config:
             raise ValueError(
                 "model_config only applies to a randomly initialised model "
                 "(checkpoint=None); a checkpoint brings its own architecture"
             )
-        return load_checkpoint(self.checkpoint, max_length=self.max_length).model
+        return load_checkpoint(self.checkpoint, max_length=max_length).model
 
     def _init_seed(self) -> int:
         """Seed of a random initialisation (the classifier uses random_state)."""

@@ -232,7 +232,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         self : ASTFeaturizer
             The fitted featurizer.
         """
-        self._setup(X)
+        self._setup(_audio.check_audio_input(X))
         self.model_._layer_index(self.layer)  # "layer must be in [...]"
         self._n_features_out = self.model_.config.hidden_size
         # hashing the weights takes a moment: only when a cache will use it

@@ -1,9 +1,10 @@
-"""scikit-learn's estimator checks for ASTFeaturizer.
+"""scikit-learn's estimator checks for ASTFeaturizer and ASTClassifier.
 
-The checks feed 2-D arrays ``(n_samples, n_features)``; to the featurizer each
+The checks feed 2-D arrays ``(n_samples, n_features)``; to the estimators each
 row is a waveform of ``n_features`` samples, i.e. a clip of a fraction of a
-millisecond, which it pads to its ``max_length`` frames. A tiny random-weight
-encoder keeps the dozens of fits fast.
+millisecond, which they pad to their ``max_length`` frames. Tiny random-weight
+models (the classifier trained for two epochs in one batch) keep the dozens of
+fits fast.
 """
 
 import pytest
@@ -17,7 +18,7 @@ from sklearn.utils.estimator_checks import (
 )
 from sklearn.utils.fixes import parse_version
 
-from skast import ASTFeaturizer
+from skast import ASTClassifier, ASTFeaturizer
 
 TINY = dict(
     hidden_size=32,
@@ -26,24 +27,51 @@ TINY = dict(
     intermediate_size=64,
     max_length=64,
 )
+TINY_CLASSIFIER = dict(TINY, max_length=32, frequency_stride=16, time_stride=16)
 
 LENGTH = "a waveform's length is not a feature count: clips of any length are accepted"
 
-
-def expected_failed_checks(estimator):
-    """Checks that assume ``X.shape[1]`` is a fixed number of features."""
-    return {
+# Checks that assume ``X.shape[1]`` is a fixed number of features.
+EXPECTED_FAILURES = {
+    "ASTFeaturizer": {
         # asserts n_features_in_ is set at fit
         "check_n_features_in": LENGTH,
         # expects transform(X[:, [1]]) to raise "X has 1 features, but ..."
         "check_n_features_in_after_fitting": LENGTH,
         # ends by expecting transform(X[:, :-1]) to raise
         "check_transformer_general": LENGTH,
-    }
+    },
+    "ASTClassifier": {
+        "check_n_features_in": LENGTH,
+        "check_n_features_in_after_fitting": LENGTH,
+        # expects partial_fit to raise when X.shape[1] changes between calls
+        "check_estimators_partial_fit_n_features": LENGTH,
+        # expects predict(X.T) to raise; X.T is a valid set of longer clips
+        # (the rest of this check is in test_classifier.py)
+        "check_classifiers_train": LENGTH,
+    },
+}
+
+
+def expected_failed_checks(estimator):
+    return EXPECTED_FAILURES[type(estimator).__name__]
 
 
 def featurizers():
     return [ASTFeaturizer(model_config=TINY, device="cpu")]
+
+
+def classifiers():
+    return [
+        ASTClassifier(
+            model_config=TINY_CLASSIFIER,
+            device="cpu",
+            max_epochs=2,
+            batch_size=256,
+            learning_rate=1e-2,
+            random_state=0,
+        )
+    ]
 
 
 _strict = (
@@ -54,7 +82,9 @@ _strict = (
 
 
 @parametrize_with_checks(
-    featurizers(), expected_failed_checks=expected_failed_checks, **_strict
+    featurizers() + classifiers(),
+    expected_failed_checks=expected_failed_checks,
+    **_strict,
 )
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
@@ -62,11 +92,17 @@ def test_sklearn_compatible_estimator(estimator, check):
 
 # Public checks that check_estimator does not run (scikit-learn runs them in its
 # own test_common.py).
+@pytest.mark.parametrize(
+    "estimator", featurizers() + classifiers(), ids=lambda e: type(e).__name__
+)
+def test_param_validation(estimator):
+    check_param_validation(type(estimator).__name__, estimator)
+
+
 @pytest.mark.parametrize("estimator", featurizers(), ids=lambda e: type(e).__name__)
 @pytest.mark.parametrize(
     "check",
     [
-        check_param_validation,
         check_set_output_transform,
         # both expect get_feature_names_out(input_features) to check the names
         # against the input columns, which are samples of a waveform here

@@ -1,0 +1,193 @@
+"""Embedding throughput: skast against transformers on the same clips.
+
+Both sides embed the same random clips with the same full-size random-weight
+AST (transformers: ``ASTFeatureExtractor`` + ``ASTModel`` with SDPA; skast:
+``ASTFeaturizer``), in one process, alternating, several repeats; medians.
+
+* 10 s clips at 1024 frames (the AudioSet models' input);
+* 5 s clips (ESC-50's length): skast runs the position-adapted 512-frame model,
+  transformers must pad to the checkpoint's 1024 frames;
+* feature extraction alone;
+* the encoder's share of the machine's dense matmul throughput, measured in the
+  same run.
+
+Usage::
+
+    python benchmarks/bench_embed.py [--clips 8] [--repeats 3] [--device cpu]
+        [--precision float32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import (  # noqa: E402
+    alternate,
+    environment,
+    markdown_table,
+    matmul_tflops,
+    random_hf_checkpoint,
+    write_json,
+)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision", default="float32", choices=["float32", "bfloat16", "float16"]
+    )
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    from transformers import ASTFeatureExtractor, ASTModel
+
+    from skast import ASTFeaturizer, _features
+
+    device = torch.device(args.device)
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.precision
+    ]
+    ckpt = random_hf_checkpoint()
+    hf = ASTModel.from_pretrained(ckpt, attn_implementation="sdpa").to(device).eval()
+    if dtype is not None:
+        hf = hf.to(dtype)
+    fe = ASTFeatureExtractor()
+    rng = np.random.default_rng(0)
+    rows, results = [], {}
+
+    def hf_embed(clips):
+        out = []
+        for i in range(0, len(clips), args.batch_size):
+            batch = fe(
+                clips[i : i + args.batch_size], sampling_rate=16000, return_tensors="pt"
+            )
+            x = batch["input_values"].to(device, dtype or torch.float32)
+            with torch.inference_mode():
+                out.append(hf(x).pooler_output.float().cpu())
+        return torch.cat(out)
+
+    for seconds, frames in ((10.0, 1024), (5.0, 512)):
+        clips = [
+            (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+            for _ in range(args.clips)
+        ]
+        ours = ASTFeaturizer(
+            str(ckpt),
+            max_length=frames,
+            batch_size=args.batch_size,
+            device=str(device),
+            precision=args.precision,
+        ).fit(clips[:1])
+        med = alternate(
+            {
+                "transformers": lambda: hf_embed(clips),
+                "skast": lambda: ours.transform(clips),
+            },
+            args.repeats,
+            device,
+        )
+        ratio = med["transformers"] / med["skast"]
+        key = f"embed_{int(seconds)}s"
+        results[key] = {
+            "frames_skast": frames,
+            "frames_transformers": 1024,
+            "clips_per_s_transformers": args.clips / med["transformers"],
+            "clips_per_s_skast": args.clips / med["skast"],
+            "speedup": ratio,
+        }
+        rows.append(
+            [
+                f"embed {seconds:.0f} s clips",
+                f"{frames} / 1024",
+                f"{args.clips / med['transformers']:.2f}",
+                f"{args.clips / med['skast']:.2f}",
+                f"{ratio:.2f}x",
+            ]
+        )
+        if frames == 1024:
+            waves = [torch.from_numpy(c).to(device) for c in clips]
+            mean, std = _features.NORM_STATS["audioset"]
+            med = alternate(
+                {
+                    "transformers": lambda: fe(
+                        clips, sampling_rate=16000, return_tensors="pt"
+                    ),
+                    "skast": lambda: _features.normalize(
+                        _features.fbank(waves, max_length=1024), mean, std
+                    ),
+                },
+                args.repeats,
+                device,
+            )
+            results["features_10s"] = {
+                "clips_per_s_transformers": args.clips / med["transformers"],
+                "clips_per_s_skast": args.clips / med["skast"],
+                "speedup": med["transformers"] / med["skast"],
+            }
+            rows.append(
+                [
+                    "features only, 10 s",
+                    "1024",
+                    f"{args.clips / med['transformers']:.1f}",
+                    f"{args.clips / med['skast']:.1f}",
+                    f"{med['transformers'] / med['skast']:.2f}x",
+                ]
+            )
+            # the encoder alone, against the machine's matmul throughput
+            model = ours.model_
+            x = torch.randn(args.batch_size, 1024, 128, device=device)
+
+            def encode():
+                with torch.inference_mode():
+                    with torch.autocast(
+                        device.type, dtype=dtype, enabled=dtype is not None
+                    ):
+                        model.pool(model.forward_features(x))
+
+            sec = alternate({"enc": encode}, args.repeats, device)["enc"]
+            achieved = model.flops_per_clip() * args.batch_size / sec / 1e12
+            peak = matmul_tflops(device, dtype or torch.float32)
+            results["encoder"] = {
+                "tflops": achieved,
+                "matmul_tflops": peak,
+                "fraction": achieved / peak,
+            }
+
+    env = environment(device)
+    print(
+        f"\n## Embedding throughput ({env['device_name']}, {env['threads']} threads, "
+        f"{args.precision}, batch {args.batch_size}, {args.clips} clips, "
+        f"median of {args.repeats})\n"
+    )
+    print(
+        markdown_table(
+            [
+                "task",
+                "frames (skast / transformers)",
+                "transformers clips/s",
+                "skast clips/s",
+                "skast speed-up",
+            ],
+            rows,
+        )
+    )
+    enc = results["encoder"]
+    print(
+        f"\nencoder: {enc['tflops'] * 1e3:.1f} GFLOP/s = {100 * enc['fraction']:.0f}% of "
+        f"the measured {args.precision} matmul throughput ({enc['matmul_tflops'] * 1e3:.1f} GFLOP/s)"
+    )
+    write_json(args.json, {"environment": env, "args": vars(args), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,689 @@
+"""ASTClassifier: it learns, it follows scikit-learn's rules, it survives Ctrl-C."""
+
+import os
+import pickle
+import signal
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import get_tags
+
+from skast import ASTClassifier, _features
+from skast._training import Trainer
+
+SR = 16000
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_length=32,
+    frequency_stride=16,
+    time_stride=16,
+)
+CLASSES = ("low", "high", "chirp", "clicks", "noise")
+
+
+def sounds(n_per_class, seed, classes=CLASSES, duration=(0.5, 1.0)):
+    """Clips of clearly different kinds, with random phase, amplitude, length
+    and a little frequency jitter, in a random order."""
+    rng = np.random.default_rng(seed)
+    X, y = [], []
+    for _ in range(n_per_class):
+        for name in classes:
+            dur = rng.uniform(*duration)
+            n = int(dur * SR)
+            t = np.arange(n) / SR
+            phase = rng.uniform(0, 2 * np.pi)
+            if name == "low":
+                w = np.sin(2 * np.pi * rng.uniform(380, 420) * t + phase)
+            elif name == "high":
+                w = np.sin(2 * np.pi * rng.uniform(2400, 2600) * t + phase)
+            elif name == "chirp":
+                f0, f1 = rng.uniform(500, 600), rng.uniform(3000, 3500)
+                w = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * dur)) + phase)
+            elif name == "clicks":
+                w = np.zeros(n)
+                for s in np.arange(rng.uniform(0, 0.05), dur, 1 / rng.uniform(8, 15)):
+                    i = int(s * SR)
+                    w[i : i + 40] += rng.standard_normal(len(w[i : i + 40]))
+            else:  # noise band-limited to about 5-6 kHz
+                spec = np.fft.rfft(rng.standard_normal(n))
+                freqs = np.fft.rfftfreq(n, 1 / SR)
+                spec[(freqs < 5000) | (freqs > 6000)] = 0
+                w = np.fft.irfft(spec, n)
+            w = rng.uniform(0.3, 0.8) * w / np.abs(w).max()
+            X.append((w + 0.01 * rng.standard_normal(n)).astype(np.float32))
+            y.append(name)
+    order = rng.permutation(len(X))
+    return [X[i] for i in order], np.array(y)[order]
+
+
+def make(**params):
+    base = dict(
+        model_config=TINY,
+        device="cpu",
+        learning_rate=1e-3,
+        max_epochs=2,
+        batch_size=8,
+        random_state=0,
+    )
+    return ASTClassifier(**{**base, **params})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return sounds(4, seed=0, classes=CLASSES[:3], duration=(0.2, 0.4))
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    X, y = data
+    return make().fit(X, y)
+
+
+# ---------------------------------------------------------------- it learns
+
+
+def test_learns_distinguishable_sounds():
+    X, y = sounds(40, seed=0)
+    X_test, y_test = sounds(20, seed=1)
+    config = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_length=64,
+        frequency_stride=16,
+        time_stride=16,
+    )
+    clf = ASTClassifier(
+        model_config=config,
+        normalize="fit",
+        learning_rate=1e-3,
+        max_epochs=20,
+        lr_decay_start=10,
+        batch_size=16,
+        device="cpu",
+        random_state=0,
+    )
+    # about 3 s on 2 idle cores (no wall-clock assertion: shared CI machines
+    # slow it down tenfold)
+    clf.fit(X, y)
+    assert clf.score(X_test, y_test) > 0.9  # chance: 0.2 (0.97 when written)
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0] / 3
+    assert clf.n_iter_ == 20 and len(clf.history_) == 20
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("labels", [["cat", "dog"], [3, 7]], ids=["str", "int"])
+def test_binary_outputs(labels):
+    X, y = sounds(4, seed=2, classes=CLASSES[:2], duration=(0.2, 0.3))
+    y = np.where(y == "low", labels[0], labels[1])
+    clf = make().fit(X, y)
+    assert_array_equal(clf.classes_, np.unique(y))
+    logits = clf._logits(X)
+    decision = clf.decision_function(X)
+    assert decision.shape == (len(X),)
+    assert_allclose(decision, logits[:, 1] - logits[:, 0])
+    pred = clf.predict(X)
+    assert set(pred) <= set(labels) and pred.dtype == clf.classes_.dtype
+    assert_array_equal(pred, clf.classes_[(decision > 0).astype(int)])
+    proba = clf.predict_proba(X)
+    assert_allclose(proba.sum(1), 1)
+    assert_allclose(proba, torch.softmax(torch.tensor(logits), 1).numpy(), atol=1e-12)
+    assert_allclose(clf.predict_log_proba(X), np.log(proba), atol=1e-12)
+    assert 0 <= clf.score(X, y) <= 1
+
+
+def test_multiclass_outputs_agree(fitted, data):
+    X, y = data
+    n = len(X)
+    decision = fitted.decision_function(X)
+    proba = fitted.predict_proba(X)
+    pred = fitted.predict(X)
+    assert decision.shape == proba.shape == (n, 3) and pred.shape == (n,)
+    assert_array_equal(fitted.classes_[decision.argmax(1)], pred)
+    assert_array_equal(proba.argmax(1), decision.argmax(1))
+    assert_allclose(proba.sum(1), 1)
+    assert_allclose(np.exp(fitted.predict_log_proba(X)), proba, atol=1e-12)
+    # lists and arrays of labels give the same model
+    again = make().fit(list(X), list(y))
+    assert_array_equal(again.predict(X), pred)
+
+
+def test_multilabel_indicator():
+    X, y = sounds(6, seed=3, classes=CLASSES[:3], duration=(0.2, 0.3))
+    Y = np.stack([y == "low", y == "high", y != "chirp"], axis=1).astype(int)
+    clf = make(max_epochs=3, learning_rate=3e-3).fit(X, Y)
+    assert_array_equal(clf.classes_, [0, 1, 2])
+    pred = clf.predict(X)
+    assert pred.shape == Y.shape and pred.dtype == Y.dtype
+    proba = clf.predict_proba(X)
+    assert proba.shape == Y.shape and ((proba >= 0) & (proba <= 1)).all()
+    assert_array_equal(pred, (proba > 0.5).astype(int))
+    assert_allclose(clf.decision_function(X), clf._logits(X))
+    # binary cross-entropy, not a softmax: rows need not sum to one
+    assert not np.allclose(proba.sum(1), 1)
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    # a boolean indicator gives a boolean prediction
+    assert make(max_epochs=1).fit(X, Y.astype(bool)).predict(X).dtype == bool
+    assert 0 <= clf.score(X, Y) <= 1
+    with pytest.raises(ValueError, match="class_weight"):
+        make(class_weight="balanced").fit(X, Y)
+    # partial_fit: one entry of classes per column
+    with pytest.raises(ValueError, match="3 columns"):
+        make().partial_fit(X, Y, classes=[0, 1])
+    inc = make().partial_fit(X, Y, classes=[0, 1, 2]).partial_fit(X, Y)
+    assert inc.n_iter_ == 2 and inc.predict(X).shape == Y.shape
+    with pytest.raises(ValueError, match="multi-label"):
+        inc.partial_fit(X, y)
+
+
+# ---------------------------------------------------------------- randomness
+
+
+def test_same_random_state_same_model(data):
+    X, y = data
+    params = dict(
+        freqm=8, timem=8, mixup=0.5, model_config={**TINY, "hidden_dropout_prob": 0.1}
+    )
+    a = make(**params).fit(X, y)
+    b = make(**params).fit(X, y)
+    assert_array_equal(a.decision_function(X), b.decision_function(X))
+    assert a.loss_curve_ == b.loss_curve_
+    c = make(**params, random_state=1).fit(X, y)
+    assert not np.allclose(a.decision_function(X), c.decision_function(X))
+
+
+def test_fit_leaves_the_global_random_state_alone(data):
+    X, y = data
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()  # noqa: NPY002
+    make(random_state=0, mixup=0.5).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.random.get_state()[1].tolist() == np_state[1].tolist()  # noqa: NPY002
+
+
+# ---------------------------------------------------------------- recipe and schedule
+
+
+def test_recipe_fills_in_defaults_only(data):
+    X, y = data
+    clf = make(recipe="speechcommands", max_epochs=1, model_config={**TINY})
+    params = clf.get_params()
+    clf.fit(X, y)
+    assert clf.get_params() == params  # the parameters are untouched
+    rp = clf.recipe_params_
+    assert rp["max_epochs"] == 1 and rp["learning_rate"] == 1e-3  # set by the user
+    assert rp["batch_size"] == 8  # set by the user
+    assert (rp["freqm"], rp["timem"], rp["mixup"]) == (48, 48, 0.6)
+    assert rp["max_length"] == 128 and clf.model_.config.max_length == 128
+    assert rp["normalize"] == "speechcommands"
+    assert clf.normalization_ == _features.NORM_STATS["speechcommands"]
+    assert (rp["lr_decay_start"], rp["lr_decay_every"], rp["lr_decay"]) == (5, 1, 0.85)
+    esc = ASTClassifier(recipe="esc50")._resolve_recipe()
+    assert esc == dict(
+        learning_rate=1e-5, max_epochs=25, batch_size=48, freqm=24, timem=96,
+        mixup=0.0, max_length=512, normalize="esc50", warmup_steps=0,
+        lr_decay_start=5, lr_decay_every=1, lr_decay=0.85,
+    )  # fmt: skip
+    audioset = ASTClassifier(recipe="audioset")._resolve_recipe()
+    assert audioset["warmup_steps"] == 1000 and audioset["lr_decay"] == 0.5
+    assert (audioset["timem"], audioset["max_length"]) == (192, 1024)
+
+
+def test_step_decay_per_epoch(data):
+    X, y = data
+    clf = make(max_epochs=5, lr_decay_start=2, lr_decay_every=2, lr_decay=0.5)
+    clf.fit(X, y)
+    lrs = [h["learning_rate"] for h in clf.history_]
+    # MultiStepLR(milestones=range(2, 1000, 2)) stepped after each epoch
+    assert_allclose(lrs, [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+
+
+def trainer(**params):
+    base = dict(
+        device=torch.device("cpu"),
+        autocast_dtype=None,
+        multilabel=False,
+        class_weight=None,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        betas=(0.95, 0.999),
+        warmup_steps=0,
+        lr_decay_start=5,
+        lr_decay_every=1,
+        lr_decay=0.85,
+        batch_size=4,
+        freqm=0,
+        timem=0,
+        mixup=0.0,
+        fill=0.0,
+        freeze=None,
+    )
+    return Trainer(torch.nn.Linear(2, 2), **{**base, **params})
+
+
+def test_warm_up_as_the_original():
+    t = trainer(warmup_steps=1000)
+    lrs = []
+    for step in range(1200):
+        t.global_step = step
+        t._warm_up()
+        lrs.append(t.lr)
+    # src/traintest.py: every 50 steps up to 1000, lr = step / 1000 * lr
+    expected = [min(s // 50 * 50, 1000) / 1000 * 1e-3 for s in range(1200)]
+    assert_allclose(lrs, expected)
+    t = trainer(warmup_steps=120)  # not a multiple of 50: still ends at lr
+    t.global_step = 120
+    t._warm_up()
+    assert t.lr == 1e-3
+    t = trainer()  # no warm-up
+    t._warm_up()
+    assert t.lr == 1e-3
+
+
+def test_warm_up_in_fit(data, monkeypatch):
+    X, y = data
+    seen = []
+    step = Trainer.step
+
+    def spy(self, x, t):
+        loss = step(self, x, t)
+        seen.append(self.lr)
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", spy)
+    make(warmup_steps=1, max_epochs=1).fit(X, y)
+    assert seen[0] == 0 and seen[1:] == [1e-3] * (len(seen) - 1)
+
+
+# ---------------------------------------------------------------- augmentation and features
+
+
+def test_features_once_per_fit_and_augmentation_on_the_fly(data, monkeypatch):
+    X, y = data
+    counts = {"fbank": 0}
+    fills, mixed = [], []
+    fbank, spec_augment, mixup = (
+        _features.fbank,
+        _features.spec_augment,
+        _features.mixup,
+    )
+
+    def count_fbank(*args, **kwargs):
+        counts["fbank"] += 1
+        return fbank(*args, **kwargs)
+
+    def spy_mask(x, freqm, timem, *, fill, generator):
+        fills.append((freqm, timem, fill))
+        return spec_augment(x, freqm, timem, fill=fill, generator=generator)
+
+    def spy_mix(x, t, p, *, generator):
+        mixed.append(p)
+        return mixup(x, t, p, generator=generator)
+
+    monkeypatch.setattr(_features, "fbank", count_fbank)
+    monkeypatch.setattr(_features, "spec_augment", spy_mask)
+    monkeypatch.setattr(_features, "mixup", spy_mix)
+    clf = make(max_epochs=3, freqm=10, timem=5, mixup=0.3, batch_size=4).fit(X, y)
+    n_batches = 3 * -(-len(X) // 4)
+    assert counts["fbank"] == -(-len(X) // 4)  # one pass over the clips
+    mean, std = clf.normalization_
+    assert fills == [(10, 5, pytest.approx((0 - mean) / (2 * std)))] * n_batches
+    assert mixed == [0.3] * n_batches
+    counts["fbank"] = 0
+    clf.predict(X)  # no augmentation at prediction time
+    assert len(fills) == n_batches and counts["fbank"] == -(-len(X) // 4)
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def test_early_stopping_keeps_the_best_weights(data, monkeypatch):
+    X, y = sounds(6, seed=4, classes=CLASSES[:3], duration=(0.2, 0.3))
+    scores = iter([0.5, 0.9, 0.2, 0.3, 0.4, 0.1, 0.1, 0.1])
+    weights = []
+    validation_score = ASTClassifier._validation_score
+
+    def scripted(self, logits, targets):
+        validation_score(self, logits, targets)
+        weights.append(self.model_.head[1].weight.detach().clone())
+        return next(scores)
+
+    monkeypatch.setattr(ASTClassifier, "_validation_score", scripted)
+    clf = make(
+        early_stopping=True, validation_fraction=0.25, n_iter_no_change=2, max_epochs=8
+    ).fit(X, y)
+    # no improvement over 0.9 for 3 (> n_iter_no_change) epochs: stop after 5
+    assert clf.n_iter_ == 5 and clf.validation_scores_ == [0.5, 0.9, 0.2, 0.3, 0.4]
+    assert clf.best_validation_score_ == 0.9
+    assert torch.equal(clf.model_.head[1].weight, weights[1])
+    assert [h["valid_score"] for h in clf.history_] == clf.validation_scores_
+    assert all(h["valid_loss"] > 0 for h in clf.history_)
+
+
+def test_early_stopping_split_is_stratified(data, monkeypatch):
+    X, y = sounds(10, seed=5, classes=CLASSES[:2], duration=(0.2, 0.3))
+    sizes = []
+    epoch = Trainer.epoch
+
+    def spy(self, features, targets, *args, indices, **kwargs):
+        sizes.append(
+            np.bincount(targets[indices].numpy()) if indices is not None else None
+        )
+        return epoch(self, features, targets, *args, indices=indices, **kwargs)
+
+    monkeypatch.setattr(Trainer, "epoch", spy)
+    clf = make(early_stopping=True, validation_fraction=0.2, max_epochs=1).fit(X, y)
+    assert_array_equal(sizes[0], [8, 8])
+    assert clf.history_[0]["valid_score"] is not None
+    assert make().fit(X, y).best_validation_score_ is None
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def _interrupt_after(monkeypatch, n, how):
+    calls = []
+    step = Trainer.step
+
+    def interrupting(self, x, t):
+        calls.append(1)
+        if how == "raise" and len(calls) == n + 1:
+            raise KeyboardInterrupt
+        loss = step(self, x, t)
+        if how == "signal" and len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", interrupting)
+    return calls
+
+
+def test_sigint_stops_after_the_current_batch(data, monkeypatch):
+    X, y = data
+    before = signal.getsignal(signal.SIGINT)
+    calls = _interrupt_after(monkeypatch, 2, "signal")
+    clf = make(max_epochs=5, batch_size=2)
+    with pytest.warns(UserWarning, match="interrupted.*current weights"):
+        clf.fit(X, y)
+    assert len(calls) == 2
+    assert signal.getsignal(signal.SIGINT) is before
+    assert clf.n_iter_ == 1 and clf.history_[0]["valid_score"] is None
+    assert clf.predict(X).shape == (len(X),)  # fitted and usable
+
+
+def test_keyboard_interrupt_keeps_the_best_weights(monkeypatch):
+    X, y = sounds(6, seed=6, classes=CLASSES[:3], duration=(0.2, 0.3))
+    scores = iter([0.8, 0.4, 0.3])
+    monkeypatch.setattr(
+        ASTClassifier, "_validation_score", lambda self, logits, t: next(scores)
+    )
+    clf = make(
+        early_stopping=True, validation_fraction=0.25, batch_size=4, max_epochs=5
+    )
+    n_batches = -(-int(len(X) * 0.75) // 4)
+    best = {}
+    end_epoch = Trainer.end_epoch
+
+    def remember(self):
+        end_epoch(self)
+        best.setdefault("head", self.model.head[1].weight.detach().clone())
+
+    monkeypatch.setattr(Trainer, "end_epoch", remember)
+    calls = _interrupt_after(monkeypatch, 2 * n_batches + 1, "raise")
+    with pytest.warns(UserWarning, match="best validation epoch \\(1\\)"):
+        clf.fit(X, y)
+    assert len(calls) == 2 * n_batches + 2
+    assert clf.n_iter_ == 3 and clf.best_validation_score_ == 0.8
+    assert torch.equal(clf.model_.head[1].weight, best["head"])
+    assert clf.predict_proba(X).shape == (len(X), 3)
+
+
+# ---------------------------------------------------------------- partial_fit, warm_start
+
+
+def test_partial_fit(data):
+    X, y = data
+    clf = make()
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(X, y)
+    classes = np.unique(y)
+    clf.partial_fit(X[:6], y[:6], classes=classes)
+    assert clf.n_iter_ == 1 and clf._partial_state["global_step"] == 1
+    clf.partial_fit(X[6:], y[6:])
+    assert clf.n_iter_ == 2 and clf._partial_state["global_step"] == 2
+    assert_array_equal(clf.classes_, classes)
+    with pytest.raises(ValueError, match="not in classes"):
+        clf.partial_fit(X[:2], ["bird", "bird"])
+    # two calls on all the data are two epochs of fit
+    a = make().partial_fit(X, y, classes=classes).partial_fit(X, y)
+    b = make(max_epochs=2).fit(X, y)
+    assert_allclose(a.decision_function(X), b.decision_function(X), atol=1e-6)
+    assert a.loss_curve_ == pytest.approx(b.loss_curve_)
+    # a pickle goes on where the estimator would
+    loaded = pickle.loads(pickle.dumps(a))
+    assert_array_equal(
+        loaded.partial_fit(X, y).decision_function(X),
+        a.partial_fit(X, y).decision_function(X),
+    )
+    # fit keeps no optimizer state
+    assert not hasattr(b, "_partial_state")
+    assert not hasattr(a.fit(X, y), "_partial_state")
+
+
+def test_warm_start(data):
+    X, y = data
+    clf = make(max_epochs=1, warm_start=True).fit(X, y)
+    head = clf.model_.head[1].weight.detach().clone()
+    model = clf.model_
+    clf.fit(X, y)
+    assert clf.model_ is model and clf.n_iter_ == 2
+    assert not torch.equal(clf.model_.head[1].weight, head)  # trained further
+    y2 = np.where(y == y[0], "other", y)
+    clf.fit(X, y2)  # new classes: a new head
+    assert clf.model_.config.id2label == dict(enumerate(np.unique(y2)))
+    assert make(max_epochs=1).fit(X, y).n_iter_ == 1
+
+
+# ---------------------------------------------------------------- freezing, class weights
+
+
+@pytest.mark.parametrize("freeze", ["encoder", 0, 1])
+def test_freeze(data, freeze):
+    X, y = data
+    clf = make(max_epochs=1)
+    clf.fit(X, y)
+    before = {k: v.clone() for k, v in clf.model_.state_dict().items()}
+    clf.set_params(freeze=freeze, warm_start=True).fit(X, y)
+    after = clf.model_.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("head.", "blocks.", "norm.")) for k in changed)
+    if freeze == "encoder":
+        assert all(k.startswith("head.") for k in changed)
+    elif freeze == 1:
+        assert not any(k.startswith("blocks.0.") for k in changed)
+        assert any(k.startswith("blocks.1.") for k in changed)
+    else:
+        assert any(k.startswith("blocks.0.") for k in changed)
+    assert all(p.requires_grad for p in clf.model_.parameters())
+
+
+def test_bad_freeze(data):
+    X, y = data
+    with pytest.raises(ValueError, match="only 2 blocks"):
+        make(freeze=3).fit(X, y)
+    with pytest.raises(ValueError, match="freeze"):
+        make(freeze=True).fit(X, y)
+
+
+def test_class_weight(data):
+    X, y = data
+    heavy = {label: (1e3 if label == "low" else 1e-3) for label in np.unique(y)}
+    clf = make(class_weight=heavy, max_epochs=4, learning_rate=1e-2).fit(X, y)
+    assert (clf.predict(X) == "low").mean() > 0.9
+    make(class_weight="balanced", max_epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="partial_fit"):
+        make(class_weight="balanced").partial_fit(X, y, classes=np.unique(y))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_and_nothing_modified(fitted, data):
+    X, y = data
+    X_copy, y_copy = [x.copy() for x in X], y.copy()
+    params = fitted.get_params()
+    bad_x = [x.copy() for x in X]
+    bad_x[3][10] = np.nan
+    with pytest.raises(ValueError, match="3"):
+        make().fit(bad_x, y)
+    with pytest.raises(ValueError):
+        make().fit([], [])
+    with pytest.raises(ValueError, match="1 class"):
+        make().fit(X, np.full(len(X), "low"))
+    with pytest.raises(ValueError, match="as many"):
+        make().fit(X, y[:-1])
+    for missing in [np.nan, None]:
+        labels = y.astype(object)
+        labels[2] = missing
+        with pytest.raises(ValueError, match="missing labels"):
+            make().fit(X, labels)
+    with pytest.raises(ValueError, match="Input y contains NaN|missing"):
+        make().fit(X, np.r_[np.ones(len(X) - 1), np.nan])
+    with pytest.raises(ValueError, match="infinity"):
+        make().fit(X, np.r_[np.ones(len(X) - 1), np.inf])
+    with pytest.raises(ValueError, match="not fitted with"):
+        fitted.score(X, np.where(y == y[0], "bird", y))
+    with pytest.raises(ValueError):
+        make(betas=(0.9,)).fit(X, y)
+    with pytest.raises(ValueError, match="model_config"):
+        make(model_config={"hidden_size": 30, "num_attention_heads": 4}).fit(X, y)
+    X2 = np.stack([x[:3200] for x in X])  # a 2-D array of waveforms
+    X2_copy = X2.copy()
+    make(max_epochs=1, freqm=4, timem=4, mixup=0.5).fit(X2, y).predict(X2)
+    assert_array_equal(X2, X2_copy)
+    for a, b in zip(X, X_copy):
+        assert_array_equal(a, b)
+    assert_array_equal(y, y_copy)
+    assert fitted.get_params() == params
+
+
+def test_unfitted():
+    X, _ = sounds(1, seed=0, classes=CLASSES[:2])
+    for method in ("predict", "predict_proba", "decision_function"):
+        with pytest.raises(NotFittedError):
+            getattr(make(), method)(X)
+    with pytest.raises(NotFittedError):
+        make().save_pretrained("nowhere")
+
+
+def test_tags_and_no_n_features_in(fitted, data):
+    tags = get_tags(fitted)
+    assert tags.estimator_type == "classifier"
+    assert tags.classifier_tags.poor_score and tags.classifier_tags.multi_label
+    assert not tags.non_deterministic
+    assert not hasattr(fitted, "n_features_in_")
+    X, _ = data
+    longer = [np.tile(x, 3) for x in X[:2]]  # clips of any length
+    assert fitted.predict(longer).shape == (2,)
+
+
+def test_clone_and_params():
+    clf = make(betas=[0.9, 0.99])
+    assert clone(clf).get_params() == clf.get_params()
+    assert ASTClassifier().learning_rate == 1e-5
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_fitted_on_cuda_loads_on_a_cpu_only_machine(
+    fitted, data, tmp_path, monkeypatch
+):
+    X, _ = data
+    ref = fitted.predict_proba(X)
+    fitted.device_ = "cuda:0"  # as if fitted on a GPU (pickles hold CPU tensors)
+    try:
+        joblib.dump(fitted, tmp_path / "clf.joblib")
+    finally:
+        fitted.device_ = "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="'cuda:0', which is not available"):
+        loaded = joblib.load(tmp_path / "clf.joblib")
+    assert loaded.device_ == "cpu"
+    assert next(loaded.model_.parameters()).device.type == "cpu"
+    assert_array_equal(loaded.predict_proba(X), ref)
+    assert_array_equal(loaded.predict(X), fitted.predict(X))
+    assert hasattr(fitted, "model_")  # pickling did not unfit the original
+
+
+def test_pickle_is_small_and_complete(fitted, data):
+    X, _ = data
+    blob = pickle.dumps(fitted)
+    n_weights = sum(v.numel() * 4 for v in fitted.model_.state_dict().values())
+    assert len(blob) < 1.3 * n_weights + 50_000  # no features, no optimizer
+    loaded = pickle.loads(blob)
+    assert_array_equal(loaded.decision_function(X), fitted.decision_function(X))
+    assert loaded.history_ == fitted.history_
+
+
+def test_save_pretrained_loads_in_transformers(fitted, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    fitted.save_pretrained(tmp_path)
+    hf = transformers.ASTForAudioClassification.from_pretrained(tmp_path).eval()
+    assert hf.config.id2label == dict(enumerate(str(c) for c in fitted.classes_))
+    x = torch.randn(
+        3, TINY["max_length"], 128, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, fitted.model_(x), atol=1e-5, rtol=0)
+    fe = transformers.ASTFeatureExtractor.from_pretrained(tmp_path)
+    assert (fe.mean, fe.std) == pytest.approx(fitted.normalization_)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_autocast_precisions_train(data, precision):
+    X, y = data
+    clf = make(precision=precision).fit(X, y)
+    assert clf._autocast == getattr(torch, precision)
+    assert np.isfinite(clf.loss_curve_).all()
+    assert clf.predict_proba(X).dtype == np.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["auto", "float16", "float32"])
+def test_cuda_training_and_round_trip(data, precision, tmp_path, monkeypatch):
+    X, y = data
+    clf = make(device="cuda", precision=precision, freqm=8, timem=8, mixup=0.5)
+    clf.fit(X, y)
+    assert clf.device_.startswith("cuda") and np.isfinite(clf.loss_curve_).all()
+    ref = clf.predict_proba(X)
+    assert next(clf.model_.parameters()).is_cuda
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="not available"):
+        loaded = joblib.load(tmp_path / "clf.joblib")
+    assert_allclose(loaded.predict_proba(X), ref, atol=2e-2)
+
+
+# ---------------------------------------------------------------- verbose
+
+
+def test_verbose_reports_each_epoch(data, capsys):
+    X, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tqdm's own
+        make(verbose=True, early_stopping=True, validation_fraction=0.25).fit(X, y)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "epoch 1" in text and "train_loss=" in text and "valid_score=" in text
