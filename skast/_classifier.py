@@ -858,13 +858,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             In the order of ``classes_``. Rows sum to one, except for
             multi-label ``y`` where each column is one label's probability.
         """
-        logits = self._logits(X)
-        if self._multilabel:
-            return expit(logits)
-        if len(self.classes_) == 2:
-            d = logits[:, 1] - logits[:, 0]
-            return np.column_stack([expit(-d), expit(d)])
-        return softmax(logits, axis=1)
+        return self._probabilities(X, expit, softmax)
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`.
@@ -879,13 +873,18 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         -------
         log_proba : ndarray of shape (n_clips, n_classes)
         """
+        return self._probabilities(X, log_expit, log_softmax)
+
+    def _probabilities(self, X, sigmoid, softmax_):
+        """(Log-)probabilities from the logits: a sigmoid per label, the
+        two-class softmax written with one sigmoid, or a softmax."""
         logits = self._logits(X)
         if self._multilabel:
-            return log_expit(logits)
+            return sigmoid(logits)
         if len(self.classes_) == 2:
             d = logits[:, 1] - logits[:, 0]
-            return np.column_stack([log_expit(-d), log_expit(d)])
-        return log_softmax(logits, axis=1)
+            return np.column_stack([sigmoid(-d), sigmoid(d)])
+        return softmax_(logits, axis=1)
 
     def predict(self, X):
         """Predict the class (or the labels) of each clip.
