@@ -307,3 +307,99 @@ def test_original_file_without_strides_in_its_name(tmp_path):
         load_checkpoint(tmp_path / "m.pth")
     ckpt = load_checkpoint(tmp_path / "m.pth", frequency_stride=10, time_stride=10)
     assert ckpt.config.max_length == 128 and ckpt.config.num_labels == 0
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A minimal Hugging Face hub on 127.0.0.1 serving one tiny AST repository."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    model = randomize_(AST(ASTConfig(**TINY, id2label={0: "a", 1: "b"}))).eval()
+    save_pretrained(model, tmp_path / "repo")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "repo").iterdir()}
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    requests = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status, body=b"", headers=(), head=False):
+            self.send_response(status)
+            for key, value in headers:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _route(self, head):
+            requests.append(self.path)
+            path = self.path.split("?")[0]
+            if path.startswith("/api/models/org/ast-tiny/tree/"):
+                listing = [
+                    {
+                        "type": "file",
+                        "path": n,
+                        "size": len(b),
+                        "oid": hashlib.sha1(b).hexdigest(),
+                    }
+                    for n, b in files.items()
+                ]
+                return self._send(200, json.dumps(listing).encode(), head=head)
+            if path.startswith("/api/models/org/ast-tiny/revision/"):
+                info = {
+                    "id": "org/ast-tiny",
+                    "sha": sha,
+                    "siblings": [{"rfilename": n} for n in files],
+                }
+                return self._send(200, json.dumps(info).encode(), head=head)
+            name = path.rsplit("/", 1)[-1]
+            if path.startswith("/org/ast-tiny/resolve/") and name in files:
+                body = files[name]
+                etag = '"' + hashlib.sha256(body).hexdigest() + '"'
+                headers = [("X-Repo-Commit", sha), ("ETag", etag)]
+                return self._send(200, body, headers, head=head)
+            return self._send(
+                404, headers=[("X-Error-Code", "RepoNotFound")], head=head
+            )
+
+        def do_GET(self):
+            self._route(head=False)
+
+        def do_HEAD(self):
+            self._route(head=True)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield model, requests
+    server.shutdown()
+
+
+def test_hub_id_downloads_from_the_hub(local_hub):
+    model, requests = local_hub
+    ckpt = load_checkpoint("org/ast-tiny")
+    downloads = [r for r in requests if "/resolve/" in r]
+    assert any(r.endswith("/model.safetensors") for r in downloads)
+    assert ckpt.config.id2label == {0: "a", 1: "b"}
+    assert ckpt.preprocessor["max_length"] == 64
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(x), model(x), atol=0, rtol=0)
+    with pytest.raises(OSError, match="could not get 'org/missing'"):
+        load_checkpoint("org/missing")
