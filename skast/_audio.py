@@ -242,6 +242,18 @@ def _check_dtype(dtype: np.dtype, index) -> None:
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+def _numeric(a: np.ndarray, index) -> np.ndarray:
+    """An object array of numbers as float64; any other array as it is."""
+    if a.dtype != object:
+        return a
+    try:
+        return a.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise SampleTypeError(
+            f"{_where(index)}the clip is not a numeric waveform: {err}"
+        ) from err
+
+
 def _validated(item, index) -> np.ndarray:
     """A clip as a valid 1-D numeric array, not copied when it is one already.
 
@@ -254,13 +266,7 @@ def _validated(item, index) -> np.ndarray:
         raise TypeError(
             f"{_where(index)}cannot convert the clip to an array: {err}"
         ) from err
-    if a.dtype == object:
-        try:
-            a = a.astype(np.float64)
-        except (TypeError, ValueError) as err:
-            raise SampleTypeError(
-                f"{_where(index)}the clip is not a numeric waveform: {err}"
-            ) from err
+    a = _numeric(a, index)
     if a.ndim != 1:
         raise ValueError(
             f"{_where(index)}a waveform must be 1-D, got shape {a.shape}; mix "
@@ -505,14 +511,7 @@ class AudioInput(collections.abc.Sequence):
                 raise ValueError(
                     f"clip {i}: cannot read audio file {name!r}: {err}"
                 ) from err
-        a = np.asarray(item)
-        if a.dtype == object:
-            try:
-                a = a.astype(np.float64)
-            except (TypeError, ValueError) as err:
-                raise SampleTypeError(
-                    f"clip {i}: the clip is not a numeric waveform: {err}"
-                ) from err
+        a = _numeric(np.asarray(item), i)
         a = np.ascontiguousarray(a)
         h = hashlib.sha256(f"array\0{a.dtype.str}\0{a.shape}\0".encode())
         h.update(memoryview(a).cast("B"))
