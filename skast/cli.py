@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+OUTPUT_SUFFIXES = (".npy", ".csv", ".parquet")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
 TINY_MODEL = {
     "hidden_size": 64,
@@ -43,9 +44,17 @@ def _audio_files(paths: list[str]) -> list[str]:
     return found
 
 
+def _check_output(path: Path) -> None:
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(
+            f"output must end in .npy, .csv or .parquet, got '{path.name}'"
+        )
+
+
 def _write_table(path: Path, names: list[str], values, columns: list[str]) -> None:
     import numpy as np
 
+    _check_output(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         np.save(path, np.asarray(values))
@@ -59,7 +68,7 @@ def _write_table(path: Path, names: list[str], values, columns: list[str]) -> No
             for name, row in zip(names, values):
                 writer.writerow([name, *np.atleast_1d(row).tolist()])
         return
-    if suffix == ".parquet":
+    if suffix == ".parquet":  # the last of OUTPUT_SUFFIXES
         try:
             import pandas as pd
         except ImportError as err:  # pragma: no cover - pandas is a dev dependency
@@ -74,8 +83,6 @@ def _write_table(path: Path, names: list[str], values, columns: list[str]) -> No
             raise UsageError(
                 "writing .parquet needs pyarrow: pip install pyarrow"
             ) from err
-        return
-    raise UsageError(f"output must end in .npy, .csv or .parquet, got '{path.name}'")
 
 
 def _print_table(rows: list[tuple], header: tuple) -> None:
@@ -166,8 +173,7 @@ def cmd_embed(args) -> int:
 
     files = _audio_files(args.inputs)
     out = Path(args.output)
-    if out.suffix.lower() not in (".npy", ".csv", ".parquet"):
-        raise UsageError(f"output must end in .npy, .csv or .parquet, got '{out.name}'")
+    _check_output(out)  # before the embedding work, not after it
     featurizer = ASTFeaturizer(
         args.checkpoint,
         max_length=args.max_length,
@@ -222,11 +228,13 @@ def cmd_finetune(args) -> int:
 def cmd_predict(args) -> int:
     import joblib
 
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        _check_output(out)  # before the prediction work, not after it
     model = joblib.load(args.model)
     files = _audio_files(args.inputs)
     proba = model.predict_proba(files)
     labels = model.classes_[proba.argmax(axis=1)]
-    out = Path(args.output) if args.output else None
     if out is None:
         for f, label, p in zip(files, labels, proba.max(axis=1)):
             print(f"{f}\t{label}\t{p:.3f}")
