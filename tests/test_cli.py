@@ -78,6 +78,20 @@ def test_embed_writes_npy_and_csv(folder, tiny_checkpoint, tmp_path, capsys):
     )
 
 
+def test_embed_writes_parquet(folder, tiny_checkpoint, tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "-q"]
+    npy, parquet = tmp_path / "emb.npy", tmp_path / "emb.parquet"
+    assert main(["embed", str(folder), "-o", str(npy), *args]) == 0
+    assert main(["embed", str(folder), "-o", str(parquet), *args]) == 0
+    frame = pd.read_parquet(parquet)
+    assert list(frame.columns[:2]) == ["file", "astfeaturizer0"]
+    assert frame.shape == (8, 33)
+    assert frame["file"].str.endswith(".wav").all()
+    np.testing.assert_allclose(frame.iloc[:, 1:].to_numpy(), np.load(npy), atol=1e-6)
+
+
 def test_corrupt_file_exits_1(tmp_path, tiny_checkpoint, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
