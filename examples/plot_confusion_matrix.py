@@ -13,12 +13,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import ConfusionMatrixDisplay
 from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skast import ASTFeaturizer
 
 X, y, folds, names = dataset()
 pipe = make_pipeline(
-    ASTFeaturizer(**model_params()), LogisticRegression(C=100, max_iter=5000)
+    ASTFeaturizer(**model_params()),
+    StandardScaler(),
+    LogisticRegression(max_iter=5000),
 )
 y_pred = cross_val_predict(pipe, X, y, groups=folds, cv=LeaveOneGroupOut())
 print(f"cross-validated accuracy: {(y_pred == y).mean():.3f}")

@@ -17,14 +17,23 @@ from _data import dataset, model_params
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skast import ASTFeaturizer
 
 X, y, folds, names = dataset()
 cache = tempfile.mkdtemp(prefix="skast-cache-")
+# A cached embedding is keyed by the model *and* its normalisation. With
+# ``normalize="fit"`` every training fold has statistics of its own, hence
+# embeddings of its own, and the folds share nothing: fixed statistics (a
+# preset, or a ``(mean, std)`` pair) let every fold and candidate share them.
+params = model_params()
+if params["normalize"] == "fit":
+    params["normalize"] = "audioset"
 pipe = Pipeline(
     [
-        ("ast", ASTFeaturizer(**model_params(), cache=cache)),
+        ("ast", ASTFeaturizer(**params, cache=cache)),
+        ("scale", StandardScaler()),
         ("clf", LogisticRegression(max_iter=5000)),
     ]
 )
