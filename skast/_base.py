@@ -8,6 +8,7 @@ up to the pooled vector.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -60,6 +61,19 @@ class ASTBase(BaseEstimator):
 
     # ------------------------------------------------------------------ set-up
 
+    @contextlib.contextmanager
+    def _rollback_on_error(self):
+        """Restore the estimator's attributes if the block raises, so that a
+        failed (or interrupted) ``fit`` leaves the estimator as it was, not
+        half-fitted. The model object itself is not copied."""
+        state = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
+
     def _setup(self, audio, *, keep_model: bool = False) -> None:
         """Resolve device and precision; build or load the model and the
         normalisation (``keep_model``: keep both, as warm starts do).
@@ -67,6 +81,7 @@ class ASTBase(BaseEstimator):
         ``audio`` is the validated input (:func:`skast._audio.check_audio_input`).
         """
         self._check_normalize()
+        _audio._check_rate(self.sample_rate)  # True passes Interval(Integral)
         device = resolve_device(self.device)
         self.device_ = str(device)
         self._autocast = resolve_autocast(self.precision, device)

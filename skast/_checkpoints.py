@@ -22,7 +22,6 @@ import json
 import os
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,15 +113,22 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # not a pickle of objects: garbage
+            raise ValueError(
+                f"'{path}' is not a readable PyTorch checkpoint (truncated or "
+                "corrupt?): torch.load could not parse it"
+            ) from err
         raise ValueError(
             f"refusing to load '{path}': it holds Python objects other than "
             "tensors, and loading them could run code. Save a plain state_dict "
             "(torch.save(model.state_dict(), path)) or use safetensors."
         ) from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+    except Exception as err:
+        # RuntimeError, EOFError, BadZipFile; and a text or other non-torch file
+        # read as a legacy torch file raises KeyError, IndexError...
         raise ValueError(
             f"'{path}' is not a readable PyTorch checkpoint (truncated or "
-            f"corrupt?): {err}"
+            f"corrupt?): {str(err) or type(err).__name__}"
         ) from err
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

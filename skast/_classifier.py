@@ -414,7 +414,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         self : ASTClassifier
             The fitted classifier.
         """
-        return self._fit(X, y, incremental=False)
+        with self._rollback_on_error():  # a failed fit changes nothing
+            return self._fit(X, y, incremental=False)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None):
@@ -444,7 +445,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         self : ASTClassifier
             The classifier, trained one more epoch.
         """
-        return self._fit(X, y, incremental=True, classes=classes)
+        with self._rollback_on_error():  # a failed call changes nothing
+            return self._fit(X, y, incremental=True, classes=classes)
 
     def _fit(self, X, y, *, incremental, classes=None):
         self._check_training_params(incremental)
@@ -472,6 +474,9 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         device_type = "cuda" if device.type == "cpu" else device.type
         with torch.random.fork_rng(devices=rng_devices, device_type=device_type):
             self._prepare(audio, keep_model=going_on or warm)
+            # before the head is reset: a clip that fails to load leaves a
+            # warm-started model as it was (no randomness is drawn here)
+            features = self._compute_features(audio)
             if not same_head:
                 seed_torch(derive_seed(self._seed, _HEAD), device)
                 names = {i: str(c) for i, c in enumerate(new_classes)}
@@ -482,7 +487,6 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             self._y_dtype = y_dtype
             if not (going_on or warm):
                 self.history_ = []
-            features = self._compute_features(audio)
             self._train(
                 features, targets, class_weight, incremental=incremental, device=device
             )
@@ -583,6 +587,11 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         elif incremental:
             _first_call_classes(classes)
             new_classes = np.unique(column_or_1d(np.asarray(classes)))
+            if len(new_classes) < 2:
+                raise ValueError(
+                    "ASTClassifier needs at least 2 classes; got classes="
+                    f"{new_classes!r}"
+                )
         else:
             new_classes = labels
             if len(labels) < 2:
@@ -594,7 +603,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         unseen = labels[~np.isin(labels, new_classes)]
         if len(unseen):
             raise ValueError(
-                f"y holds labels {unseen!r} that are not in classes {new_classes!r}"
+                f"y holds labels {unseen.tolist()!r} that are not in classes "
+                f"{new_classes.tolist()!r}"
             )
         idx = np.searchsorted(new_classes, y)
         return torch.from_numpy(idx.astype(np.int64)), new_classes, False, None
@@ -937,12 +947,20 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         else:
             y_arr = column_or_1d(y_arr, warn=True)
             _check_no_missing(y_arr)
-            unseen = [v for v in np.unique(y_arr) if not np.isin(v, self.classes_)]
+            unseen = [  # .tolist(): ['z'], not [np.str_('z')]
+                v for v in np.unique(y_arr).tolist() if not np.isin(v, self.classes_)
+            ]
             if unseen:
                 raise ValueError(
                     f"y holds labels {unseen!r} that the classifier was not fitted "
                     f"with; classes_ is {self.classes_!r}"
                 )
+        n_clips = len(_audio.check_audio_input(X, check_clips=False))
+        if len(y_arr) != n_clips:  # before predicting, not after
+            raise ValueError(
+                f"X has {n_clips} clips but y has {len(y_arr)} labels; they "
+                "must be as many"
+            )
         return super().score(X, y_arr, sample_weight=sample_weight)
 
     # ------------------------------------------------------------------ export

@@ -232,11 +232,12 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         self : ASTFeaturizer
             The fitted featurizer.
         """
-        self._setup(_audio.check_audio_input(X))
-        self.model_._layer_index(self.layer)  # "layer must be in [...]"
-        self._n_features_out = self.model_.config.hidden_size
-        # hashing the weights takes a moment: only when a cache will use it
-        self._fingerprint = self._model_fingerprint() if self._cache_dir() else None
+        with self._rollback_on_error():  # a failed fit changes nothing
+            self._setup(_audio.check_audio_input(X))
+            self.model_._layer_index(self.layer)  # "layer must be in [...]"
+            self._n_features_out = self.model_.config.hidden_size
+            # hashing the weights takes a moment: only when a cache will use it
+            self._fingerprint = self._model_fingerprint() if self._cache_dir() else None
         return self
 
     def transform(self, X):

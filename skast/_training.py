@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from skast import _features
 from skast._model import AST
-from skast._runtime import autocast
+from skast._runtime import autocast, is_out_of_memory
 
 __all__ = [
     "RECIPES",
@@ -241,6 +241,9 @@ class Trainer:
             device.type, enabled=autocast_dtype == torch.float16
         )
         self.global_step = 0
+        # after a device out-of-memory error, the size of the pieces a batch is
+        # split into (None: whole batches)
+        self.micro_batch = None
 
     # ------------------------------------------------------------------ state
 
@@ -306,16 +309,45 @@ class Trainer:
         return x, t
 
     def step(self, x: torch.Tensor, t: torch.Tensor) -> float:
-        """One optimizer step on an augmented batch; the batch loss."""
+        """One optimizer step on an augmented batch; the batch loss.
+
+        A device out-of-memory error halves the pieces the batch is run in and
+        retries: their gradients are accumulated (each loss weighted by its
+        share of the batch), so the step is the same. Later steps start from
+        the size that fitted (:attr:`micro_batch`).
+        """
         self._warm_up()
-        with autocast(self.device, self.autocast_dtype):
-            logits = self._forward(x)
-        loss = self.loss_fn(logits.float(), t, self.class_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        n = len(x)
+        size = min(n, self.micro_batch or n)
+        while True:
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                loss = sum(
+                    self._backward(x[i : i + size], t[i : i + size], n)
+                    for i in range(0, n, size)
+                )
+                break
+            except (RuntimeError, torch.OutOfMemoryError) as err:
+                if not is_out_of_memory(err) or size == 1:
+                    raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            size = (size + 1) // 2
+            self.micro_batch = size
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
+        return loss
+
+    def _backward(self, x: torch.Tensor, t: torch.Tensor, n: int) -> float:
+        """Forward and backward of a piece of a batch of ``n``; its share of
+        the batch loss."""
+        with autocast(self.device, self.autocast_dtype):
+            logits = self._forward(x)
+        loss = self.loss_fn(logits.float(), t, self.class_weight)
+        if len(x) != n:
+            loss = loss * (len(x) / n)
+        self.scaler.scale(loss).backward()
         return float(loss.detach())
 
     def epoch(
@@ -381,9 +413,21 @@ class Trainer:
         out = []
         for start in range(0, len(indices), self.batch_size):
             x = features[indices[start : start + self.batch_size]].to(self.device)
-            with autocast(self.device, self.autocast_dtype):
-                out.append(self.model(x).float().cpu())
+            out.append(self._eval_logits(x))
         return torch.cat(out)
+
+    def _eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch; a device out-of-memory error halves it."""
+        try:
+            with autocast(self.device, self.autocast_dtype):
+                return self.model(x).float().cpu()
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            if not is_out_of_memory(err) or len(x) == 1:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(x) // 2
+        return torch.cat([self._eval_logits(x[:half]), self._eval_logits(x[half:])])
 
     def validation_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
         if self.multilabel:

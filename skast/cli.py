@@ -231,7 +231,20 @@ def cmd_predict(args) -> int:
     out = Path(args.output) if args.output else None
     if out is not None:
         _check_output(out)  # before the prediction work, not after it
-    model = joblib.load(args.model)
+    try:
+        model = joblib.load(args.model)
+    except OSError:
+        raise
+    except Exception as err:  # truncated or not a joblib file: many errors
+        raise ValueError(
+            f"cannot load the model file '{args.model}' (truncated, or not "
+            f"saved by joblib?): {type(err).__name__}: {err}"
+        ) from err
+    if not (hasattr(model, "predict_proba") and hasattr(model, "classes_")):
+        raise ValueError(
+            f"'{args.model}' does not hold a fitted classifier (it holds a "
+            f"{type(model).__name__}); save one with 'skast finetune'"
+        )
     files = _audio_files(args.inputs)
     proba = model.predict_proba(files)
     labels = model.classes_[proba.argmax(axis=1)]

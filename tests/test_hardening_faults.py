@@ -1,0 +1,425 @@
+"""Hardening: faults. Device out-of-memory errors, interrupted fits, bad
+checkpoints and model files (one carrying code), and two processes sharing
+one embedding cache.
+
+Already tested elsewhere: ``load_checkpoint`` on truncated files, wrong
+shapes and pickles carrying code (tests/test_checkpoints.py), Ctrl-C during
+the epochs (tests/test_classifier.py), interrupted downloads
+(tests/test_datasets.py), atomic cache writes and processes embedding the
+same clips into one cache (tests/test_featurizer.py). Here: the same through
+the estimators and the command line, and what those tests leave out.
+"""
+
+import multiprocessing
+import pickle
+import re
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+
+from skast import ASTClassifier, ASTFeaturizer, _features
+from skast._audio import check_audio_input
+from skast._featurizer import _safe_name
+from skast._model import AST, ASTConfig
+from skast._training import Trainer
+from skast.cli import main
+from tests.conftest import TINY
+from tests.test_hardening import FAST, assert_unchanged, snapshot
+
+SR = 16000
+LABELS = np.array(["a", "b"] * 4)
+
+
+def clips(n, seed=0, seconds=0.3):
+    rng = np.random.default_rng(seed)
+    return [
+        (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+        for _ in range(n)
+    ]
+
+
+def featurizer(**kw):
+    return ASTFeaturizer(**{"model_config": FAST, "device": "cpu", **kw})
+
+
+def classifier(**kw):
+    base = dict(
+        model_config=FAST,
+        device="cpu",
+        max_epochs=2,
+        batch_size=8,
+        learning_rate=1e-3,
+        random_state=0,
+    )
+    return ASTClassifier(**{**base, **kw})
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+class OOM:
+    """AST.forward_features raising a device out-of-memory error for batches
+    larger than ``limit``; ``calls`` records (batch size, succeeded)."""
+
+    def __init__(self):
+        self.limit = None
+        self.error = torch.OutOfMemoryError
+        self.calls = []
+
+    def failed(self):
+        return [n for n, ok in self.calls if not ok]
+
+    def succeeded(self):
+        return [n for n, ok in self.calls if ok]
+
+
+OOM_ERRORS = {
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory."),
+    "RuntimeError": lambda: RuntimeError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"
+    ),
+}
+
+
+@pytest.fixture
+def oom(monkeypatch):
+    spy = OOM()
+    original = AST.forward_features
+
+    def forward_features(self, x, layer=None):
+        if spy.limit is not None and x.shape[0] > spy.limit:
+            spy.calls.append((x.shape[0], False))
+            raise spy.error()
+        spy.calls.append((x.shape[0], True))
+        return original(self, x, layer)
+
+    monkeypatch.setattr(AST, "forward_features", forward_features)
+    return spy
+
+
+@pytest.mark.parametrize("error", list(OOM_ERRORS))
+def test_oom_in_transform_and_predict_halves_the_batch(error, oom):
+    X = clips(7)
+    est = featurizer(batch_size=8).fit(X)
+    clf = classifier(max_epochs=1).fit(X + X[:1], LABELS)
+    ref, ref_proba = est.transform(X), clf.predict_proba(X)
+    oom.limit, oom.error = 2, OOM_ERRORS[error]
+    for run, expected in [(est.transform, ref), (clf.predict_proba, ref_proba)]:
+        oom.calls.clear()
+        assert_allclose(run(X), expected, atol=1e-6)
+        assert oom.failed() == [7, 3, 4]  # 7 -> 3 + 4 -> 1 + 2 + 2 + 2
+        assert oom.succeeded() == [1, 2, 2, 2]
+
+
+def test_oom_on_a_single_clip_and_other_errors_are_raised(oom):
+    X = clips(3)
+    est = featurizer(batch_size=4).fit(X)
+    snap = snapshot(est)
+    oom.limit = 0  # not even one clip fits
+    with pytest.raises(torch.OutOfMemoryError):
+        est.transform(X)
+    assert oom.failed() == [3, 1]
+    oom.calls.clear()
+    oom.error = lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        est.transform(X)
+    assert oom.failed() == [3]  # not retried: not an out-of-memory error
+    assert_unchanged(est, snap)
+
+
+@pytest.mark.parametrize(
+    "params, limit, failed",
+    [
+        # batches of 4: 4 -> 2 -> 1; the next step starts at 1, never fails
+        (dict(), 1, [4, 2]),
+        # 6 training clips (4 + 2): 4 -> 2 -> 1; the 2 validation clips -> 1 + 1
+        (dict(early_stopping=True, validation_fraction=0.25), 1, [4, 2, 2]),
+        (dict(freeze="encoder"), 3, [4]),
+    ],
+)
+def test_oom_in_fit_halves_the_batch(params, limit, failed, oom):
+    """The training step accumulates the gradients of the halves, so the
+    model is the one a whole batch gives (up to float rounding)."""
+    X, params = clips(8), dict(params, batch_size=4, max_epochs=1)
+    ref = classifier(**params).fit(X, LABELS)
+    oom.limit = limit
+    oom.calls.clear()
+    clf = classifier(**params).fit(X, LABELS)
+    assert oom.failed() == failed
+    assert max(oom.succeeded()) <= limit
+    d = FAST["hidden_size"]
+    for name, tensor in ref.model_.state_dict().items():
+        got = clf.model_.state_dict()[name]
+        if name.endswith("attn.qkv.bias"):
+            # the key bias has no gradient (softmax ignores it) but rounding
+            # noise, which Adam scales up to steps of about the learning rate
+            got, tensor = (
+                torch.cat([got[:d], got[2 * d :]]),
+                torch.cat([tensor[:d], tensor[2 * d :]]),
+            )
+        assert_allclose(got, tensor, atol=1e-5, err_msg=name)
+    for a, b in zip(clf.history_, ref.history_):
+        assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        assert a["valid_score"] == b["valid_score"]
+    oom.limit = None
+    assert_allclose(clf.predict_proba(X), ref.predict_proba(X), atol=1e-5)
+
+
+def test_oom_on_a_single_clip_in_fit_leaves_the_estimator(oom):
+    X = clips(8)
+    clf = classifier(max_epochs=1).fit(X, LABELS)
+    snap = snapshot(clf)
+    oom.limit = 0
+    with pytest.raises(torch.OutOfMemoryError):
+        clf.fit(X, LABELS)
+    assert_unchanged(clf, snap)  # the previous model, still usable
+    oom.limit = None
+    assert clf.predict(X).shape == (8,)
+
+
+# ---------------------------------------------------------------- interruptions
+
+
+def test_interrupted_feature_extraction_keeps_the_fitted_model(monkeypatch):
+    """Ctrl-C before the epochs (while the features are computed) raises
+    KeyboardInterrupt, and the estimator keeps its previous fit."""
+    X = clips(8)
+    clf = classifier(max_epochs=1).fit(X, LABELS)
+    est = featurizer(normalize="fit").fit(X)
+    proba = clf.predict_proba(X)
+    snaps = snapshot(clf), snapshot(est)
+    original, calls = _features.fbank, []
+
+    def interrupted(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return original(*args, **kw)
+
+    monkeypatch.setattr(_features, "fbank", interrupted)
+    for fit in (lambda: clf.fit(X, LABELS), lambda: est.fit(X)):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            fit()
+    monkeypatch.undo()
+    assert_unchanged(clf, snaps[0])
+    assert_unchanged(est, snaps[1])
+    assert_array_equal(clf.predict_proba(X), proba)
+    fresh = featurizer(normalize="fit")
+    params = dict(fresh.__dict__)
+    monkeypatch.setattr(_features, "fbank", interrupted)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        fresh.fit(X)
+    assert fresh.__dict__ == params  # not half-fitted
+
+
+def test_interrupted_first_batch_gives_a_usable_model(monkeypatch):
+    """Ctrl-C during the very first optimizer step: fitted, with 0 epochs
+    and the initial weights, and it predicts."""
+
+    def interrupted(self, x, t):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    X = clips(8)
+    with pytest.warns(UserWarning, match=r"interrupted .* after 0 epoch"):
+        clf = classifier().fit(X, LABELS)
+    assert clf.n_iter_ == 0 and clf.history_ == []
+    proba = clf.predict_proba(X)
+    assert proba.shape == (8, 2) and np.isfinite(proba).all()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class _Payload:
+    """Unpickling it creates a file."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, hf_tiny_dir):
+    """name -> (path, pattern of the error, which names the path)."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    sd = {"module.v." + k: v for k, v in AST(ASTConfig(**TINY)).state_dict().items()}
+    out = {}
+
+    def add(name, path, pattern):
+        out[name] = (path, pattern)
+
+    torch.save(sd, d / "audioset_10_10_good.pth")
+    raw = (d / "audioset_10_10_good.pth").read_bytes()
+    (d / "truncated.pth").write_bytes(raw[: len(raw) // 3])
+    add("truncated .pth", d / "truncated.pth", r"truncated\.pth' is not a readable")
+    hf = d / "truncated_hf"
+    hf.mkdir()
+    (hf / "config.json").write_text((hf_tiny_dir / "config.json").read_text())
+    data = (hf_tiny_dir / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(data[: len(data) // 2])
+    add("truncated safetensors", hf, r"truncated_hf.*truncated or corrupt")
+    wrong = dict(sd, **{"module.v.blocks.0.mlp.fc1.weight": torch.zeros(10, 32)})
+    torch.save(wrong, d / "audioset_10_10_wrong.pth")
+    add("wrong shapes", d / "audioset_10_10_wrong.pth", r"wrong\.pth.*wrong shapes")
+    (d / "text.pth").write_text("this is not a checkpoint")
+    add("text file named .pth", d / "text.pth", r"text\.pth' is not a readable")
+    add("missing file", d / "missing.pth", r"no such checkpoint file.*missing\.pth")
+    marker = d / "pwned"
+    evil = dict(sd, extra=_Payload(str(marker)))
+    torch.save(evil, d / "audioset_10_10_evil.pth")
+    add("pickle with code (.pth)", d / "audioset_10_10_evil.pth", r"refusing.*evil")
+    evil_hf = d / "evil_hf"
+    evil_hf.mkdir()
+    (evil_hf / "config.json").write_text((hf_tiny_dir / "config.json").read_text())
+    torch.save(evil, evil_hf / "pytorch_model.bin")
+    add("pickle with code (.bin)", evil_hf, r"refusing to load .*evil_hf")
+    (d / "plain_evil.pth").write_bytes(pickle.dumps(_Payload(str(marker))))
+    add("plain pickle with code", d / "plain_evil.pth", r"plain_evil\.pth' is not a")
+    (d / "bytes.pth").write_bytes(b"garbage\x00\x01" * 10)
+    add("random bytes", d / "bytes.pth", r"bytes\.pth' is not a readable")
+    (d / "empty.bin").write_bytes(b"")
+    add("empty file", d / "empty.bin", r"empty\.bin' is not a readable.*EOFError")
+    return out, marker
+
+
+CHECKPOINT_CASES = [
+    "truncated .pth",
+    "truncated safetensors",
+    "wrong shapes",
+    "text file named .pth",
+    "missing file",
+    "pickle with code (.pth)",
+    "pickle with code (.bin)",
+    "plain pickle with code",
+    "random bytes",
+    "empty file",
+]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_bad_checkpoints_through_the_estimators_and_the_cli(
+    case, checkpoints, tmp_path, capsys
+):
+    (cases, marker), X = checkpoints, clips(8)
+    path, pattern = cases[case]
+    error = OSError if case == "missing file" else ValueError
+    for est in (
+        featurizer(checkpoint=path, model_config=None),
+        classifier(checkpoint=path, model_config=None),
+    ):
+        params = dict(est.__dict__)
+        with pytest.raises(error, match=pattern):
+            est.fit(X, LABELS)
+        assert est.__dict__ == params
+    # a fitted estimator pointed at it keeps its model
+    est = featurizer(batch_size=4).fit(X)
+    est.set_params(checkpoint=path, model_config=None)
+    snap = snapshot(est)
+    with pytest.raises(error, match=pattern):
+        est.fit(X)
+    assert_unchanged(est, snap)
+    # the command line: exit code 1 and a one-line message naming the file
+    wav = tmp_path / "a.wav"
+    sf.write(wav, X[0], SR)
+    argv = ["embed", str(wav), "-o", str(tmp_path / "x.npy"), "--checkpoint"]
+    capsys.readouterr()
+    assert main([*argv, str(path), "--device", "cpu", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skast: error: ") and path.name in err
+    assert "Traceback" not in err
+    assert not marker.exists()  # the code in the pickles never ran
+
+
+def test_the_payload_is_real(tmp_path):
+    """Unpickled without the guard, the payload creates its file: the
+    tests above would notice if the guard were gone."""
+    marker = tmp_path / "made"
+    torch.save({"x": _Payload(str(marker))}, tmp_path / "evil.pth")
+    assert not marker.exists()
+    torch.load(tmp_path / "evil.pth", weights_only=False)["x"].close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"\x80\x04\x95garbage", r"cannot load the model file '.*model\.joblib'"),
+        ("not a model", r"'.*model\.joblib' does not hold a fitted classifier"),
+        (None, r"No such file or directory: '.*model\.joblib'"),
+    ],
+)
+def test_cli_predict_with_a_bad_model_file(content, pattern, tmp_path, capsys):
+    model = tmp_path / "model.joblib"
+    if isinstance(content, bytes):
+        model.write_bytes(content)
+    elif content is not None:
+        joblib.dump({"model": content}, model)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, clips(1)[0], SR)
+    assert main(["predict", str(model), str(wav)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skast: error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(pattern, err), err
+
+
+# ---------------------------------------------------------------- a shared cache
+
+
+def _embed_into(cache, X, out, barrier):
+    est = ASTFeaturizer(model_config=FAST, device="cpu", batch_size=4, cache=cache)
+    est.fit(X)
+    barrier.wait(timeout=300)  # both processes embed at the same time
+    np.save(out, est.transform(X))
+
+
+def test_two_processes_embed_same_and_different_clips_into_one_cache(tmp_path):
+    shared, mine, theirs = clips(8, seed=1), clips(6, seed=2), clips(6, seed=3)
+    X1 = mine + shared  # process 1
+    X2 = shared[::-1] + theirs  # process 2: the shared clips in another order
+    cache = tmp_path / "cache"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_embed_into, args=(cache, X, tmp_path / f"{i}.npy", barrier))
+        for i, X in enumerate([X1, X2])
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    every = mine + shared + theirs
+    fresh = featurizer(batch_size=4).fit(every).transform(every)
+    by_name = {}
+    audio = check_audio_input(every)
+    for i in range(len(every)):
+        by_name[_safe_name(audio.fingerprint(i))] = fresh[i]
+    # each process got what a computation without cache gives
+    assert_allclose(np.load(tmp_path / "0.npy"), fresh[:14], atol=1e-6)
+    expected = np.r_[fresh[6:14][::-1], fresh[14:]]
+    assert_allclose(np.load(tmp_path / "1.npy"), expected, atol=1e-6)
+    # nothing lost, nothing corrupt, no temporary files left
+    files = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert all(f.suffix == ".npy" and not f.name.startswith(".") for f in files)
+    assert sorted(f.stem for f in files) == sorted(by_name)
+    for f in files:
+        row = np.load(f, allow_pickle=False)
+        assert row.dtype == np.float32 and row.shape == (TINY["hidden_size"],)
+        assert_allclose(row, by_name[f.stem], atol=1e-6)
+    # and a third user reads them all from the cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reread = featurizer(batch_size=4, cache=cache).fit(every).transform(every)
+    assert_allclose(reread, fresh, atol=1e-6)
