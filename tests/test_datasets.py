@@ -20,8 +20,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skast import datasets
-from skast.datasets import fetch_esc50, load_esc50, make_sounds
+from skast.datasets import _esc50, fetch_esc50, load_esc50, make_sounds
 
 HEADER = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 CLASSES = {0: "dog", 1: "rooster"}
@@ -378,7 +377,7 @@ def server(monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setattr(datasets, "_TIMEOUT", 10)
+    monkeypatch.setattr(_esc50, "_TIMEOUT", 10)
     srv = Server()
     thread = threading.Thread(target=srv.httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -562,8 +561,8 @@ def test_fetch_keyboard_interrupt_while_downloading(
     tmp_path, server, archive, monkeypatch
 ):
     server.body = archive[0]
-    monkeypatch.setattr(datasets, "_CHUNK_SIZE", 1024)
-    monkeypatch.setattr(datasets, "_progress", Interrupt)
+    monkeypatch.setattr(_esc50, "_CHUNK_SIZE", 1024)
+    monkeypatch.setattr(_esc50, "_progress", Interrupt)
     with pytest.raises(KeyboardInterrupt):
         fetch_esc50(tmp_path, url=server.url)
     assert contents(tmp_path) == []
