@@ -236,7 +236,10 @@ class ASTBase(BaseEstimator):
         h = hashlib.sha256()
         for name, tensor in self.model_.state_dict().items():
             h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            # the raw bytes, without a copy (a uint8 view serves any dtype)
+            h.update(
+                tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+            )
         h.update(repr(self.model_.config).encode())
         h.update(
             repr((self.normalization_, self.sample_rate, str(self._autocast))).encode()
@@ -263,8 +266,8 @@ class ASTBase(BaseEstimator):
         super().__setstate__(state)
         if packed is not None:
             self.device_ = device_on_load(self.device_)
-            model = AST(ASTConfig.from_dict(packed["config"]))
-            model.load_state_dict(packed["state_dict"])
+            config = ASTConfig.from_dict(packed["config"])
+            model = AST.from_state_dict(config, packed["state_dict"])
             self.model_ = model.to(self.device_).eval()
             self._autocast = resolve_autocast(
                 self.precision, torch.device(self.device_)

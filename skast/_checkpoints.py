@@ -341,11 +341,14 @@ def _read_hf_directory(
     return config, sd, preprocessor
 
 
-def _check_and_load(model: AST, sd: dict[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    if "head.1.weight" not in sd and model.config.num_labels:
-        # A bare encoder checkpoint: keep the freshly initialised head.
-        sd = {**sd, **{k: v for k, v in expected.items() if k.startswith("head.")}}
+def _build(config: ASTConfig, sd: dict[str, torch.Tensor], source: str) -> AST:
+    """An AST for ``config`` holding the weights ``sd`` read from ``source``."""
+    with torch.device("meta"):  # shapes only
+        expected = AST(config).state_dict()
+    # A bare encoder checkpoint (no head): the head is freshly initialised.
+    bare = "head.1.weight" not in sd and config.num_labels
+    if bare:
+        expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     wrong = [
@@ -366,7 +369,12 @@ def _check_and_load(model: AST, sd: dict[str, torch.Tensor], source: str) -> Non
         raise ValueError(
             f"the weights of '{source}' do not match its config: " + ", ".join(parts)
         )
-    model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
+    sd = {k: v.to(torch.float32) for k, v in sd.items()}
+    if not bare:
+        return AST.from_state_dict(config, sd)
+    model = AST.from_state_dict(dataclasses.replace(config, id2label=None), sd)
+    model.reset_classifier(config.id2label)
+    return model
 
 
 def load_checkpoint(
@@ -447,8 +455,7 @@ def load_checkpoint(
             f"no such checkpoint file or directory: '{source}'"
         )
 
-    model = AST(config)
-    _check_and_load(model, sd, source)
+    model = _build(config, sd, source)
     target = dataclasses.replace(
         config,
         max_length=max_length or config.max_length,
@@ -466,9 +473,7 @@ def _rebuild(model: AST, config: ASTConfig) -> AST:
     sd["pos_embed"] = adapt_position_embeddings(
         sd["pos_embed"], model.config.grid, config.grid
     )
-    new = AST(config)
-    new.load_state_dict(sd)
-    return new
+    return AST.from_state_dict(config, sd)
 
 
 def save_pretrained(
