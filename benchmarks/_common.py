@@ -82,13 +82,16 @@ def matmul_tflops(device: torch.device, dtype=torch.float32, n: int = 2048) -> f
     return 2 * n**3 * reps / seconds / 1e12
 
 
-def random_hf_checkpoint(max_length: int = 1024, num_labels: int = 527) -> Path:
-    """A full-size AST with random weights, saved by transformers."""
+def random_hf_checkpoint(
+    max_length: int = 1024, num_labels: int = 527, **config
+) -> Path:
+    """A full-size AST with random weights, saved by transformers (``config``:
+    other ``ASTConfig`` fields, e.g. ``num_hidden_layers`` for a smaller one)."""
     from transformers import ASTConfig, ASTForAudioClassification
 
     torch.manual_seed(0)
     model = ASTForAudioClassification(
-        ASTConfig(max_length=max_length, num_labels=num_labels)
+        ASTConfig(max_length=max_length, num_labels=num_labels, **config)
     )
     with torch.no_grad():
         for p in model.parameters():
