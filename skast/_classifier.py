@@ -16,13 +16,12 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets, is_multilabel
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from skast import _audio, _checkpoints, _features
 from skast._base import ASTBase
 from skast._runtime import progress_bar, resolve_device
+from skast._targets import check_no_missing, class_weights, encode_targets, equal
 from skast._training import RECIPES, Trainer, derive_seed, seed_torch, sigint_flag
 
 __all__ = ["ASTClassifier"]
@@ -454,8 +453,12 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         fitted = self.__sklearn_is_fitted__()
         going_on = incremental and fitted
         warm = not incremental and self.warm_start and fitted
-        targets, new_classes, multilabel, y_dtype = self._encode_targets(
-            y, len(audio), going_on=going_on, incremental=incremental, classes=classes
+        targets, new_classes, multilabel, y_dtype = encode_targets(
+            y,
+            len(audio),
+            fitted=(self.classes_, self._multilabel) if going_on else None,
+            incremental=incremental,
+            classes=classes,
         )
         if not (going_on or warm):
             self.__dict__.pop("n_iter_", None)  # unfitted until this fit succeeds
@@ -465,7 +468,9 @@ class ASTClassifier(ClassifierMixin, ASTBase):
                 check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
             )
         same_head = (going_on or warm) and self._has_head_for(new_classes, multilabel)
-        class_weight = self._class_weights(targets, new_classes, multilabel)
+        class_weight = class_weights(
+            self.class_weight, targets, new_classes, multilabel
+        )
 
         device = resolve_device(self.device)
         if device.type == "cuda" and device.index is None:
@@ -524,113 +529,12 @@ class ASTClassifier(ClassifierMixin, ASTBase):
                 params[key] = value
         return params
 
-    def _encode_targets(self, y, n_clips, *, going_on, incremental, classes):
-        """``(targets, classes, multilabel, y dtype)``; targets is a CPU tensor
-        of class indices or a uint8 indicator matrix."""
-        if y is None:
-            raise ValueError(
-                "This ASTClassifier estimator requires y to be passed, but the "
-                "target y is None."
-            )
-        if sp.issparse(y):
-            y = y.toarray()
-        y = np.asarray(y)
-        multilabel = y.ndim == 2 and y.shape[1] > 1
-        if multilabel and not is_multilabel(y):
-            raise ValueError(
-                "a 2-D y must be a multi-label indicator matrix of 0/1 (one column "
-                f"per label); got values {np.unique(y)[:10]}"
-            )
-        if not multilabel:
-            y = column_or_1d(y, warn=True)
-        if y.shape[0] != n_clips:
-            raise ValueError(
-                f"X has {n_clips} clips but y has {y.shape[0]} labels; they "
-                "must be as many"
-            )
-        if multilabel:
-            if going_on and len(self.classes_) != y.shape[1]:
-                raise ValueError(
-                    f"y has {y.shape[1]} labels but the model was fitted with "
-                    f"{len(self.classes_)}"
-                )
-            n_labels = y.shape[1]
-            if incremental and not going_on:
-                _first_call_classes(classes)
-                if len(np.unique(classes)) != n_labels:
-                    raise ValueError(
-                        f"classes has {len(np.unique(classes))} entries but the "
-                        f"multi-label y has {n_labels} columns"
-                    )
-            if going_on and not self._multilabel:
-                raise ValueError("the model was fitted on single-label y")
-            targets = torch.from_numpy(np.ascontiguousarray(y != 0, dtype=np.uint8))
-            return targets, np.arange(n_labels), True, y.dtype
-
-        _check_no_missing(y)
-        check_classification_targets(y)
-        try:
-            labels, inverse = np.unique(y, return_inverse=True)
-        except TypeError as err:
-            raise ValueError(
-                f"y mixes labels of types that cannot be compared: {err}"
-            ) from err
-        if going_on:
-            if self._multilabel:
-                raise ValueError("the model was fitted on multi-label y")
-            if classes is not None and not _equal(np.unique(classes), self.classes_):
-                raise ValueError(
-                    f"classes={classes!r} is not the classes_ of the first call, "
-                    f"{self.classes_!r}"
-                )
-            new_classes = self.classes_
-        elif incremental:
-            _first_call_classes(classes)
-            new_classes = np.unique(column_or_1d(np.asarray(classes)))
-            if len(new_classes) < 2:
-                raise ValueError(
-                    "ASTClassifier needs at least 2 classes; got classes="
-                    f"{new_classes!r}"
-                )
-        else:
-            new_classes = labels
-            if len(labels) < 2:
-                raise ValueError(
-                    "ASTClassifier needs samples of at least 2 classes in y; got "
-                    f"1 class: {labels!r}"
-                )
-            return torch.from_numpy(inverse.astype(np.int64)), labels, False, None
-        unseen = labels[~np.isin(labels, new_classes)]
-        if len(unseen):
-            raise ValueError(
-                f"y holds labels {unseen.tolist()!r} that are not in classes "
-                f"{new_classes.tolist()!r}"
-            )
-        idx = np.searchsorted(new_classes, y)
-        return torch.from_numpy(idx.astype(np.int64)), new_classes, False, None
-
     def _has_head_for(self, classes, multilabel) -> bool:
         return (
             multilabel == getattr(self, "_multilabel", None)
-            and _equal(classes, self.classes_)
+            and equal(classes, self.classes_)
             and self.model_.config.num_labels == len(classes)
         )
-
-    def _class_weights(self, targets, classes, multilabel):
-        if self.class_weight is None:
-            return None
-        if multilabel:
-            raise ValueError("class_weight is only supported for single-label y")
-        if isinstance(self.class_weight, str):
-            y_idx = targets.numpy()
-            weights = compute_class_weight(
-                "balanced", classes=np.arange(len(classes)), y=y_idx
-            )
-        else:
-            weights = compute_class_weight(
-                self.class_weight, classes=classes, y=classes[targets.numpy()]
-            )
-        return torch.as_tensor(weights, dtype=torch.float32)
 
     # ------------------------------------------------------------------ model
 
@@ -946,7 +850,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
                 )
         else:
             y_arr = column_or_1d(y_arr, warn=True)
-            _check_no_missing(y_arr)
+            check_no_missing(y_arr)
             unseen = [  # .tolist(): ['z'], not [np.str_('z')]
                 v for v in np.unique(y_arr).tolist() if not np.isin(v, self.classes_)
             ]
@@ -1019,37 +923,6 @@ def _is_default(value, default) -> bool:
         return bool(value == default)
     except (TypeError, ValueError):
         return False
-
-
-def _equal(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and bool(np.all(a == b))
-
-
-def _first_call_classes(classes):
-    if classes is None:
-        raise ValueError("classes must be passed on the first call to partial_fit")
-
-
-def _check_no_missing(y: np.ndarray) -> None:
-    """Clear errors for NaN/None labels (np.unique would fail obscurely)."""
-    if y.dtype.kind == "f":
-        if np.isinf(y).any():
-            raise ValueError("Input y contains infinity: labels must be finite")
-        bad = np.flatnonzero(np.isnan(y))
-    elif y.dtype.kind == "O":
-        bad = [
-            i
-            for i, v in enumerate(y)
-            if v is None or (isinstance(v, float) and np.isnan(v))
-        ]
-    else:
-        return
-    if len(bad):
-        raise ValueError(
-            f"y contains missing labels (NaN or None), at index {int(bad[0])} "
-            f"and {len(bad) - 1} other(s); every clip needs a label"
-        )
 
 
 def _report(record: dict) -> None:
