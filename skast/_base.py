@@ -194,17 +194,19 @@ class ASTBase(BaseEstimator):
         """Run ``fn`` (features -> (B, k) outputs) over all clips in eval mode,
         without gradients, under autocast; float32 numpy of shape (n, k).
 
-        A device out-of-memory error halves the batch and retries.
+        A device out-of-memory error halves the batch and retries; later
+        batches start from the size that fitted.
         """
         out = None
         device = torch.device(self.device_)
         model = self.model_
         was_training = model.training
         model.eval()
+        limit = [None]  # after an out-of-memory error: the largest piece that ran
         try:
             with torch.inference_mode():
                 for indices, feats in self._iter_features(audio, desc=desc):
-                    result = self._run_splitting_on_oom(fn, feats, device)
+                    result = self._run_splitting_on_oom(fn, feats, device, limit)
                     if out is None:
                         out = np.empty((len(audio), result.shape[1]), dtype=np.float32)
                     out[indices] = result
@@ -212,22 +214,28 @@ class ASTBase(BaseEstimator):
             model.train(was_training)
         return out
 
-    def _run_splitting_on_oom(self, fn, feats, device) -> np.ndarray:
-        try:
-            with autocast(device, self._autocast):
-                return fn(feats).float().cpu().numpy()
-        except (RuntimeError, torch.OutOfMemoryError) as err:
-            if not is_out_of_memory(err) or len(feats) == 1:
-                raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(feats) // 2
-        return np.concatenate(
-            [
-                self._run_splitting_on_oom(fn, feats[:half], device),
-                self._run_splitting_on_oom(fn, feats[half:], device),
-            ]
-        )
+    def _run_splitting_on_oom(self, fn, feats, device, limit) -> np.ndarray:
+        """``fn`` over ``feats`` in pieces of at most ``limit[0]`` rows; a device
+        out-of-memory error halves the pieces (and ``limit[0]``) and goes on
+        from the first piece that did not run."""
+        n = len(feats)
+        size = min(n, limit[0] or n)
+        parts, start = [], 0
+        while start < n:
+            try:
+                with autocast(device, self._autocast):
+                    parts.append(fn(feats[start : start + size]).float().cpu().numpy())
+                start += size
+                continue
+            except (RuntimeError, torch.OutOfMemoryError) as err:
+                if not is_out_of_memory(err) or size == 1:
+                    raise
+            # outside the except clause, whose traceback holds the failed tensors
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            size = (size + 1) // 2
+            limit[0] = size
+        return np.concatenate(parts)
 
     # ------------------------------------------------------------------ identity
 

@@ -88,8 +88,8 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         carry their own rate.
 
     batch_size : int, default=16
-        Clips per forward pass. A device out-of-memory error halves it for
-        that batch and retries.
+        Clips per forward pass. A device out-of-memory error halves it and
+        retries; the rest of the ``transform`` call keeps the smaller size.
 
     device : str or torch.device, default=None
         Where the encoder runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.

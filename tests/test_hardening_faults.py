@@ -112,8 +112,23 @@ def test_oom_in_transform_and_predict_halves_the_batch(error, oom):
     for run, expected in [(est.transform, ref), (clf.predict_proba, ref_proba)]:
         oom.calls.clear()
         assert_allclose(run(X), expected, atol=1e-6)
-        assert oom.failed() == [7, 3, 4]  # 7 -> 3 + 4 -> 1 + 2 + 2 + 2
-        assert oom.succeeded() == [1, 2, 2, 2]
+        assert oom.failed() == [7, 4]  # 7 -> 4 + 3 -> 2 + 2 + 2 + 1
+        assert oom.succeeded() == [2, 2, 2, 1]
+
+
+def test_oom_batch_size_is_kept_for_the_next_batches(oom):
+    X = clips(7)
+    est = featurizer(batch_size=3).fit(X)
+    ref = est.transform(X)
+    oom.limit = 2
+    oom.calls.clear()
+    assert_allclose(est.transform(X), ref, atol=1e-6)
+    # batches of 3, 3, 1: only the first fails; the others start at 2
+    assert oom.failed() == [3]
+    assert oom.succeeded() == [2, 1, 2, 1, 1]
+    oom.calls.clear()
+    est.transform(X)  # a new call starts again from batch_size
+    assert oom.failed() == [3]
 
 
 def test_oom_on_a_single_clip_and_other_errors_are_raised(oom):
@@ -123,7 +138,7 @@ def test_oom_on_a_single_clip_and_other_errors_are_raised(oom):
     oom.limit = 0  # not even one clip fits
     with pytest.raises(torch.OutOfMemoryError):
         est.transform(X)
-    assert oom.failed() == [3, 1]
+    assert oom.failed() == [3, 2, 1]  # halved down to one clip, then raised
     oom.calls.clear()
     oom.error = lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
