@@ -26,7 +26,7 @@ from skast._runtime import (
     PRECISIONS,
     autocast,
     device_on_load,
-    is_out_of_memory,
+    map_in_pieces,
     progress_bar,
     resolve_autocast,
     resolve_device,
@@ -202,40 +202,23 @@ class ASTBase(BaseEstimator):
         model = self.model_
         was_training = model.training
         model.eval()
-        limit = [None]  # after an out-of-memory error: the largest piece that ran
+        limit = None  # after an out-of-memory error: the largest piece that ran
+
+        def run(piece):
+            with autocast(device, self._autocast):
+                return fn(piece).float().cpu().numpy()
+
         try:
             with torch.inference_mode():
                 for indices, feats in self._iter_features(audio, desc=desc):
-                    result = self._run_splitting_on_oom(fn, feats, device, limit)
+                    parts, limit = map_in_pieces(run, feats, device, limit)
+                    result = np.concatenate(parts)
                     if out is None:
                         out = np.empty((len(audio), result.shape[1]), dtype=np.float32)
                     out[indices] = result
         finally:
             model.train(was_training)
         return out
-
-    def _run_splitting_on_oom(self, fn, feats, device, limit) -> np.ndarray:
-        """``fn`` over ``feats`` in pieces of at most ``limit[0]`` rows; a device
-        out-of-memory error halves the pieces (and ``limit[0]``) and goes on
-        from the first piece that did not run."""
-        n = len(feats)
-        size = min(n, limit[0] or n)
-        parts, start = [], 0
-        while start < n:
-            try:
-                with autocast(device, self._autocast):
-                    parts.append(fn(feats[start : start + size]).float().cpu().numpy())
-                start += size
-                continue
-            except (RuntimeError, torch.OutOfMemoryError) as err:
-                if not is_out_of_memory(err) or size == 1:
-                    raise
-            # outside the except clause, whose traceback holds the failed tensors
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            size = (size + 1) // 2
-            limit[0] = size
-        return np.concatenate(parts)
 
     # ------------------------------------------------------------------ identity
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 __all__ = [
     "resolve_device",
@@ -16,6 +20,8 @@ __all__ = [
     "autocast",
     "device_on_load",
     "is_out_of_memory",
+    "retry_halving_on_oom",
+    "map_in_pieces",
     "progress_bar",
 ]
 
@@ -134,6 +140,47 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def retry_halving_on_oom(attempt: Callable[[int], T], size: int, device):
+    """``(attempt(size), size)`` for the first ``size`` that runs.
+
+    A device out-of-memory error halves ``size`` (rounding up) and calls
+    ``attempt`` again; out of memory at size 1, and any other error, is raised.
+    """
+    while True:
+        try:
+            return attempt(size), size
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            if not is_out_of_memory(err) or size == 1:
+                raise
+        # outside the except clause, whose traceback holds the failed tensors
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        size = (size + 1) // 2
+
+
+def map_in_pieces(fn: Callable, x, device, limit: int | None = None):
+    """``([fn(piece), ...], limit)`` over ``x`` in pieces of at most ``limit``
+    rows (``None``: all of ``x`` at once).
+
+    A device out-of-memory error halves the pieces and goes on from the piece
+    that failed. The returned ``limit`` is the one to start the next call
+    from: the size that ran after an out-of-memory error, else ``limit``.
+    """
+    n = len(x)
+    outputs = []
+    done = 0
+
+    def attempt(size):
+        nonlocal done
+        while done < n:
+            outputs.append(fn(x[done : done + size]))
+            done = min(done + size, n)
+
+    first = min(n, limit or n)
+    _, size = retry_halving_on_oom(attempt, first, device)
+    return outputs, (limit if size == first else size)
 
 
 def progress_bar(*, total: int, enabled: bool, desc: str, unit: str = "clip"):

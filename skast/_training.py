@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from skast import _features
 from skast._model import AST
-from skast._runtime import autocast, is_out_of_memory
+from skast._runtime import autocast, map_in_pieces, retry_halving_on_oom
 
 __all__ = [
     "RECIPES",
@@ -318,21 +318,17 @@ class Trainer:
         """
         self._warm_up()
         n = len(x)
-        size = min(n, self.micro_batch or n)
-        while True:
+
+        def whole_batch(size):  # from zero: a failed piece may leave gradients
             self.optimizer.zero_grad(set_to_none=True)
-            try:
-                loss = sum(
-                    self._backward(x[i : i + size], t[i : i + size], n)
-                    for i in range(0, n, size)
-                )
-                break
-            except (RuntimeError, torch.OutOfMemoryError) as err:
-                if not is_out_of_memory(err) or size == 1:
-                    raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            size = (size + 1) // 2
+            return sum(
+                self._backward(x[i : i + size], t[i : i + size], n)
+                for i in range(0, n, size)
+            )
+
+        first = min(n, self.micro_batch or n)
+        loss, size = retry_halving_on_oom(whole_batch, first, self.device)
+        if size != first:
             self.micro_batch = size
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -410,24 +406,16 @@ class Trainer:
         """Eval-mode float32 logits (on the CPU) of the CPU features at
         ``indices``."""
         self.model.eval()
-        out = []
+        out, limit = [], None  # a device out-of-memory error halves the batches
         for start in range(0, len(indices), self.batch_size):
             x = features[indices[start : start + self.batch_size]].to(self.device)
-            out.append(self._eval_logits(x))
+            parts, limit = map_in_pieces(self._eval_logits, x, self.device, limit)
+            out.extend(parts)
         return torch.cat(out)
 
     def _eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a batch; a device out-of-memory error halves it."""
-        try:
-            with autocast(self.device, self.autocast_dtype):
-                return self.model(x).float().cpu()
-        except (RuntimeError, torch.OutOfMemoryError) as err:
-            if not is_out_of_memory(err) or len(x) == 1:
-                raise
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(x) // 2
-        return torch.cat([self._eval_logits(x[:half]), self._eval_logits(x[half:])])
+        with autocast(self.device, self.autocast_dtype):
+            return self.model(x).float().cpu()
 
     def validation_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
         if self.multilabel:

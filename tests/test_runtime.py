@@ -55,3 +55,44 @@ def test_is_out_of_memory():
     assert _runtime.is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not _runtime.is_out_of_memory(RuntimeError("shape mismatch"))
     assert not _runtime.is_out_of_memory(ValueError("out of memory"))
+
+
+def test_map_in_pieces_halves_and_goes_on_from_the_failed_piece():
+    calls = []
+
+    def fn(piece):
+        calls.append(len(piece))
+        if len(piece) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return piece.clone()
+
+    x = torch.arange(7)
+    out, limit = _runtime.map_in_pieces(fn, x, "cpu")
+    assert calls == [7, 4, 2, 2, 2, 1]  # no piece that ran is run again
+    assert torch.equal(torch.cat(out), x) and limit == 2
+    calls.clear()
+    out, kept = _runtime.map_in_pieces(fn, x[:5], "cpu", limit)
+    assert calls == [2, 2, 1] and kept == 2
+    # no error: a smaller input does not lower the limit
+    assert _runtime.map_in_pieces(fn, x[:2], "cpu")[1] is None
+
+
+def test_retry_halving_on_oom_raises_at_one_and_on_other_errors():
+    sizes = []
+
+    def attempt(size):
+        sizes.append(size)
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        _runtime.retry_halving_on_oom(attempt, 5, "cpu")
+    assert sizes == [5, 3, 2, 1]
+
+    def other_error(size):
+        sizes.append(size)
+        raise RuntimeError("shape mismatch")
+
+    sizes.clear()
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _runtime.retry_halving_on_oom(other_error, 4, "cpu")
+    assert sizes == [4]  # not retried
