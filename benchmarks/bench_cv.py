@@ -24,14 +24,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import environment, markdown_table, sync, write_json  # noqa: E402
+from _common import environment, markdown_table, timed, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -104,22 +103,20 @@ def main(argv=None):
     def run(cached: bool) -> dict:
         cache = tempfile.mkdtemp(dir=workdir, prefix="cache-") if cached else None
         counts.update(clips=0, passes=0)
-        sync(device)
-        t0 = time.perf_counter()
-        scores = cross_val_score(pipeline(cache), X, y, cv=cv)
-        sync(device)
-        seconds = time.perf_counter() - t0
+        scores = []
+        seconds = timed(
+            lambda: scores.extend(cross_val_score(pipeline(cache), X, y, cv=cv)),
+            device,
+        )
         if cache:
             shutil.rmtree(cache, ignore_errors=True)
-        return {"seconds": seconds, **counts, "score": float(scores.mean())}
+        return {"seconds": seconds, **counts, "score": float(np.mean(scores))}
 
     def fit_seconds(cached: bool) -> float:
         """One featurizer ``fit`` (load the checkpoint; with a cache, also
         fingerprint the weights): the fixed cost each fold pays."""
         cache = tempfile.mkdtemp(dir=workdir, prefix="cache-") if cached else None
-        t0 = time.perf_counter()
-        pipeline(cache)[0].fit(X[:1])
-        return time.perf_counter() - t0
+        return timed(lambda: pipeline(cache)[0].fit(X[:1]), device)
 
     try:
         # warm-up: one small embedding (allocator, thread pools)
