@@ -126,7 +126,25 @@ def _n_samples_for(n_frames: int) -> int:
     return (n_frames - 1) * FRAME_SHIFT + FRAME_LENGTH
 
 
-@functools.lru_cache(maxsize=32)
+def _cached_constant(maxsize: int):
+    """``functools.lru_cache`` for functions that build constant tensors: they
+    are built outside inference mode, so that a tensor first made under
+    ``torch.inference_mode`` (as ``transform`` runs) can still enter autograd
+    later (``fbank`` is differentiable)."""
+
+    def decorate(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(fn)
+        def cached(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+
+        return cached
+
+    return decorate
+
+
+@_cached_constant(maxsize=32)
 def _mel_matrix(num_mel_bins: int, device: str) -> torch.Tensor:
     """Kaldi mel filter bank, transposed and padded: ``(FFT_SIZE // 2 + 1, bins)``.
 
@@ -155,7 +173,7 @@ def _mel_matrix(num_mel_bins: int, device: str) -> torch.Tensor:
     return banks.T.contiguous().to(device)
 
 
-@functools.lru_cache(maxsize=8)
+@_cached_constant(maxsize=8)
 def _window(device: str) -> torch.Tensor:
     return torch.hann_window(FRAME_LENGTH, periodic=False, dtype=torch.float32).to(
         device

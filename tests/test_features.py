@@ -232,6 +232,24 @@ def test_fbank_is_differentiable():
     assert wave.grad is not None and torch.isfinite(wave.grad).all()
 
 
+def test_fbank_is_differentiable_after_a_run_in_inference_mode():
+    # the window and mel matrix are cached per device: when the first call
+    # ran under inference_mode (as transform does), they must not be
+    # inference tensors, which autograd refuses to save
+    from skast._features import _mel_matrix, _window
+
+    _window.cache_clear()
+    _mel_matrix.cache_clear()
+    wave = make_clip(3000, seed=3)
+    with torch.inference_mode():
+        fbank([wave], max_length=30)
+    assert not _window("cpu").is_inference()
+    assert not _mel_matrix(NUM_MEL_BINS, "cpu").is_inference()
+    wave.requires_grad_()
+    fbank([wave], max_length=30).sum().backward()
+    assert wave.grad is not None and torch.isfinite(wave.grad).all()
+
+
 @pytest.mark.parametrize(
     "n, expected",
     [(1, 1), (399, 1), (400, 1), (559, 1), (560, 2), (16000, 98), (160000, 998)],
