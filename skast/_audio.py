@@ -47,6 +47,7 @@ import os
 import pickle
 import sys
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -294,10 +295,11 @@ def _validated(item, index) -> np.ndarray:
     return a
 
 
-def _to_float32(a: np.ndarray) -> np.ndarray:
-    """A new float32 array from a :func:`_validated` one, integer PCM scaled."""
+def _to_float32(a: np.ndarray, copy: bool = True) -> np.ndarray:
+    """A float32 array from a :func:`_validated` one, integer PCM scaled: new,
+    or with ``copy=False`` a writeable float32 input itself."""
     if a.dtype.kind == "f":
-        return a.astype(np.float32)  # always a copy: float32 input too
+        return a.astype(np.float32, copy=copy or not a.flags.writeable)
     offset, scale = _INT_PCM[np.dtype(f"{a.dtype.kind}{min(a.dtype.itemsize, 4)}")]
     if offset:  # exact in int64, then one rounding to float32
         out = (a.astype(np.int64) - offset).astype(np.float32)
@@ -307,7 +309,9 @@ def _to_float32(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_waveform(item, *, sample_rate=SAMPLE_RATE, index=None) -> torch.Tensor:
+def to_waveform(
+    item, *, sample_rate=SAMPLE_RATE, index=None, copy=True
+) -> torch.Tensor:
     """Turn one raw clip into a 1-D float32 tensor at 16 kHz.
 
     Parameters
@@ -320,11 +324,16 @@ def to_waveform(item, *, sample_rate=SAMPLE_RATE, index=None) -> torch.Tensor:
         The rate of an array ``item``, in Hz.
     index : int, default=None
         The clip's index in ``X``, to name it in error messages.
+    copy : bool, default=True
+        ``False`` skips the copy of a writeable float32 array at 16 kHz: the
+        result then shares its memory, and the caller must not write to it
+        (the estimators' batching reads each clip once, into a padded batch).
 
     Returns
     -------
     waveform : torch.Tensor of shape (n_samples_16k,), dtype float32
-        A new tensor that shares no memory with ``item``. After resampling,
+        A new tensor that shares no memory with ``item`` (unless
+        ``copy=False``). After resampling,
         ``n_samples_16k = ceil(n_samples * 16000 / rate)``.
 
     Raises
@@ -349,7 +358,7 @@ def to_waveform(item, *, sample_rate=SAMPLE_RATE, index=None) -> torch.Tensor:
     if _is_path(item):
         wave, rate = load_audio(item, index=index)
     else:
-        wave = _to_float32(_validated(item, index))
+        wave = _to_float32(_validated(item, index), copy=copy)
         rate = _check_rate(sample_rate)
     return _resample(torch.from_numpy(wave), rate, SAMPLE_RATE)
 
@@ -463,7 +472,7 @@ class AudioInput(collections.abc.Sequence):
         sub._indices = [self._source(int(i)) for i in indices]
         return sub
 
-    def load(self, i: int, sample_rate=SAMPLE_RATE) -> torch.Tensor:
+    def load(self, i: int, sample_rate=SAMPLE_RATE, copy=True) -> torch.Tensor:
         """Clip ``i`` as a validated 1-D float32 tensor at 16 kHz.
 
         Parameters
@@ -472,6 +481,9 @@ class AudioInput(collections.abc.Sequence):
             The clip's position (errors name its index in the original ``X``).
         sample_rate : int, default=16000
             The rate of in-memory waveforms; files use their own.
+        copy : bool, default=True
+            ``False``: a float32 clip may be shared, not copied; see
+            :func:`to_waveform`.
 
         Returns
         -------
@@ -479,7 +491,7 @@ class AudioInput(collections.abc.Sequence):
             See :func:`to_waveform`.
         """
         j = self._source(i)
-        return to_waveform(self._items[j], sample_rate=sample_rate, index=j)
+        return to_waveform(self._items[j], sample_rate=sample_rate, index=j, copy=copy)
 
     def fingerprint(self, i: int) -> str:
         """A content hash of clip ``i`` (hex sha256), for caching embeddings.
@@ -547,9 +559,44 @@ def _check_2d(X: np.ndarray, check_clips: bool) -> AudioInput:
     if check_clips and (
         X.dtype == object or X.dtype.itemsize > 4 or X.dtype.kind == "f"
     ):
-        for i in range(X.shape[0]):  # one row of temporaries at a time
-            _validated(X[i], i)
+        _validate_clips(X, X.size)
     return AudioInput(X, "array2d")
+
+
+# below this many samples in all, a thread pool costs more than it saves
+_PARALLEL_SAMPLES = 1 << 22
+
+
+def _validate_clips(clips, n_samples: int) -> None:
+    """:func:`_validated` of every clip, raising the error of the first bad one.
+
+    The checks read every sample once, which bounds how fast a GPU can be fed;
+    large inputs are read by several threads (numpy's reductions release the
+    GIL), each over a contiguous run of clips and stopping at its first bad
+    one, so the error raised is still the first bad clip's. One clip's
+    temporaries at a time per thread.
+    """
+    n = len(clips)
+    workers = min(n, os.cpu_count() or 1, 8)
+    if workers < 2 or n_samples < _PARALLEL_SAMPLES:
+        for i in range(n):
+            _validated(clips[i], i)
+        return
+
+    def check_run(lo: int, hi: int):
+        for i in range(lo, hi):
+            try:
+                _validated(clips[i], i)
+            except Exception as err:
+                return err
+        return None
+
+    bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
+    with ThreadPoolExecutor(workers, thread_name_prefix="skast-check") as pool:
+        errors = list(pool.map(check_run, bounds[:-1], bounds[1:]))
+    for err in errors:
+        if err is not None:
+            raise err
 
 
 def check_audio_input(X, *, check_clips=True) -> AudioInput:
@@ -682,9 +729,13 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
                 "mix multichannel audio to mono first (X must not be 3-D)"
             )
     if check_clips:
-        for i, item in enumerate(X):
-            _validated(item, i)
+        _validate_clips(X, sum(_n_samples(item) for item in X))
     return AudioInput(X, "arrays")
+
+
+def _n_samples(item) -> int:
+    size = getattr(item, "size", None)
+    return size if isinstance(size, numbers.Integral) else len(item)
 
 
 # --------------------------------------------------------------------------- batches
@@ -701,6 +752,10 @@ class AudioDataset(torch.utils.data.Dataset):
         The clips (any object with ``len()`` and ``load(i, sample_rate)``).
     sample_rate : int, default=16000
         The rate of in-memory waveforms; files use their own.
+    copy : bool, default=True
+        ``False`` passes ``copy=False`` to ``load``: float32 clips may share
+        the input's memory (in the main process; a worker's are sent back as
+        copies), and must only be read.
 
     See Also
     --------
@@ -718,15 +773,18 @@ class AudioDataset(torch.utils.data.Dataset):
     (1, torch.float32, torch.Size([800]))
     """
 
-    def __init__(self, audio_input, sample_rate=SAMPLE_RATE):
+    def __init__(self, audio_input, sample_rate=SAMPLE_RATE, copy=True):
         self.audio_input = audio_input
         self.sample_rate = sample_rate
+        self.copy = copy
 
     def __len__(self) -> int:
         return len(self.audio_input)
 
     def __getitem__(self, i):
-        return i, self.audio_input.load(i, self.sample_rate)
+        if self.copy:
+            return i, self.audio_input.load(i, self.sample_rate)
+        return i, self.audio_input.load(i, self.sample_rate, copy=False)
 
 
 class _RemoteTraceback(Exception):
@@ -771,7 +829,7 @@ def _collate(batch):
     return list(batch)
 
 
-def iter_batches(audio_input, *, sample_rate, batch_size, num_workers=0):
+def iter_batches(audio_input, *, sample_rate, batch_size, num_workers=0, copy=True):
     """Yield the loaded clips in order, in lists of ``(index, waveform)`` pairs.
 
     A :class:`torch.utils.data.DataLoader` over :class:`AudioDataset` (no
@@ -791,6 +849,9 @@ def iter_batches(audio_input, *, sample_rate, batch_size, num_workers=0):
         The most clips per batch (the last batch may hold fewer).
     num_workers : int, default=0
         DataLoader worker processes; 0 loads in the main process.
+    copy : bool, default=True
+        ``False``: float32 clips may share the input's memory and must only be
+        read (see :class:`AudioDataset`).
 
     Yields
     ------
@@ -806,7 +867,7 @@ def iter_batches(audio_input, *, sample_rate, batch_size, num_workers=0):
     >>> [[i for i, _ in batch] for batch in batches]
     [[0, 1], [2, 3], [4]]
     """
-    dataset = AudioDataset(audio_input, sample_rate)
+    dataset = AudioDataset(audio_input, sample_rate, copy=copy)
     if num_workers == 0:
         yield from torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate

@@ -30,6 +30,7 @@ from skast._runtime import (
     progress_bar,
     resolve_autocast,
     resolve_device,
+    to_host,
 )
 
 __all__ = ["ASTBase"]
@@ -160,7 +161,13 @@ class ASTBase(BaseEstimator):
         self, audio, *, desc: str
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Yield ``(indices, log-mel (B, max_length, n_mels))`` on the device,
-        not normalised, in order, streaming ``batch_size`` clips at a time."""
+        not normalised, in order, streaming ``batch_size`` clips at a time.
+
+        Each batch is padded on the CPU (page-locked for CUDA) and moves to the
+        device in one asynchronous copy, so that preparing the next batch
+        overlaps the device's work on this one. Float32 clips are read in
+        place, not copied first: the padding is their only copy.
+        """
         bar = progress_bar(total=len(audio), enabled=bool(self.verbose), desc=desc)
         device = torch.device(self.device_)
         try:
@@ -169,11 +176,17 @@ class ASTBase(BaseEstimator):
                 sample_rate=self.sample_rate,
                 batch_size=self.batch_size,
                 num_workers=self.num_workers,
+                copy=False,
             ):
                 indices = [i for i, _ in batch]
-                waves = [w.to(device, non_blocking=True) for _, w in batch]
+                waves, lengths = _features.pad_waveforms(
+                    [w for _, w in batch],
+                    max_length=self._max_frames,
+                    pin_memory=device.type == "cuda",
+                )
                 feats = _features.fbank(
-                    waves,
+                    waves.to(device, non_blocking=True),
+                    lengths,
                     max_length=self._max_frames,
                     num_mel_bins=self.model_.config.num_mel_bins,
                 )
@@ -196,6 +209,10 @@ class ASTBase(BaseEstimator):
 
         A device out-of-memory error halves the batch and retries; later
         batches start from the size that fitted.
+
+        On CUDA, a batch's outputs are copied back asynchronously and collected
+        after the next batch is queued, so that the device never waits for the
+        host to prepare a batch.
         """
         out = None
         device = torch.device(self.device_)
@@ -206,16 +223,25 @@ class ASTBase(BaseEstimator):
 
         def run(piece):
             with autocast(device, self._autocast):
-                return fn(piece).float().cpu().numpy()
+                return to_host(fn(piece).float())
 
+        def collect(indices, parts):
+            nonlocal out
+            result = np.concatenate([part.wait() for part in parts])
+            if out is None:
+                out = np.empty((len(audio), result.shape[1]), dtype=np.float32)
+            out[indices] = result
+
+        pending = None
         try:
             with torch.inference_mode():
                 for indices, feats in self._iter_features(audio, desc=desc):
                     parts, limit = map_in_pieces(run, feats, device, limit)
-                    result = np.concatenate(parts)
-                    if out is None:
-                        out = np.empty((len(audio), result.shape[1]), dtype=np.float32)
-                    out[indices] = result
+                    if pending is not None:
+                        collect(*pending)
+                    pending = (indices, parts)
+                if pending is not None:
+                    collect(*pending)
         finally:
             model.train(was_training)
         return out

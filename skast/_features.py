@@ -60,6 +60,7 @@ __all__ = [
     "mixup",
     "normalize",
     "num_frames",
+    "pad_waveforms",
     "resolve_normalization",
     "spec_augment",
 ]
@@ -203,10 +204,11 @@ def _log_mel(waves: torch.Tensor, num_mel_bins: int) -> torch.Tensor:
 
 
 def _as_batch(
-    waveforms, lengths, n_keep: int | None
+    waveforms, lengths, n_keep: int | None, pin_memory: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S) float32 waveforms (S >= 400, at most what ``n_keep`` frames read),
-    zero after each clip's end within the first frame, and CPU int64 lengths."""
+    zero after each clip's end within the first frame, and CPU int64 lengths.
+    ``pin_memory``: a list of CPU clips is padded into page-locked memory."""
     if isinstance(waveforms, (torch.Tensor, np.ndarray)):
         waves = torch.as_tensor(waveforms)
         if waves.ndim == 1:
@@ -269,7 +271,9 @@ def _as_batch(
 
     if waves is None:  # a list: pad it, copying only the samples that are used
         device = clips[0].device
-        waves = torch.zeros((n_clips, width), dtype=torch.float32, device=device)
+        waves = torch.zeros(
+            (n_clips, width), dtype=torch.float32, device=device, pin_memory=pin_memory
+        )
         for i, w in enumerate(clips):
             n = min(len(w), width)
             waves[i, :n] = w[:n]
@@ -282,6 +286,51 @@ def _as_batch(
         idx = torch.arange(width, device=waves.device)
         waves = waves.masked_fill(idx >= lens.to(waves.device)[:, None], 0.0)
     return waves, lens
+
+
+def pad_waveforms(
+    waveforms, *, max_length: int | None = None, pin_memory: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips of any lengths as one zero-padded batch for :func:`fbank`.
+
+    Only the samples that ``max_length`` frames read are copied, so a batch
+    made on the CPU moves to an accelerator in one transfer, with no more
+    bytes than :func:`fbank` reads.
+
+    Parameters
+    ----------
+    waveforms : list of 1-D torch.Tensor
+        Float waveforms at 16 kHz, on one device.
+    max_length : int, default=None
+        The frames that will be kept (``None``: all of the longest clip's).
+    pin_memory : bool, default=False
+        Pad CPU clips into page-locked memory, for an asynchronous copy to a
+        CUDA device.
+
+    Returns
+    -------
+    waveforms : torch.Tensor of shape (n_clips, n_samples), dtype float32
+        The clips, zero-padded at the end (long clips cut where the last kept
+        frame ends).
+    lengths : torch.Tensor of shape (n_clips,), dtype int64
+        Each clip's samples in ``waveforms``: ``fbank(waveforms, lengths,
+        max_length=max_length)`` equals ``fbank(list, max_length=max_length)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._features import fbank, pad_waveforms
+    >>> clips = [torch.randn(16000), torch.randn(4000)]
+    >>> waves, lengths = pad_waveforms(clips, max_length=50)
+    >>> waves.shape, lengths.tolist()
+    (torch.Size([2, 8240]), [8240, 4000])
+    >>> torch.equal(fbank(waves, lengths, max_length=50), fbank(clips, max_length=50))
+    True
+    """
+    if isinstance(waveforms, (torch.Tensor, np.ndarray)):
+        raise TypeError("pad_waveforms takes a list of 1-D tensors")
+    waves, lens = _as_batch(waveforms, None, max_length, pin_memory=pin_memory)
+    return waves, lens.clamp(max=waves.shape[1])
 
 
 def _check_float(dtype: torch.dtype, what: str) -> None:

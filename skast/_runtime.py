@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -22,6 +23,8 @@ __all__ = [
     "is_out_of_memory",
     "retry_halving_on_oom",
     "map_in_pieces",
+    "to_host",
+    "HostCopy",
     "progress_bar",
 ]
 
@@ -181,6 +184,56 @@ def map_in_pieces(fn: Callable, x, device, limit: int | None = None):
     first = min(n, limit or n)
     _, size = retry_halving_on_oom(attempt, first, device)
     return outputs, (limit if size == first else size)
+
+
+class HostCopy:
+    """A tensor's copy to host memory, started without waiting for the device.
+
+    On CUDA the copy goes to page-locked memory on the current stream and an
+    event marks its end; :meth:`wait` blocks on that event only, not on work
+    queued after it. Elsewhere the copy is made at once.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        On any device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._runtime import HostCopy
+    >>> HostCopy(torch.arange(3.0)).wait()
+    array([0., 1., 2.], dtype=float32)
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self._event = None
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(tensor.device))
+        else:
+            self._host = tensor.detach().cpu()
+
+    def wait(self) -> np.ndarray:
+        """The copy as a numpy array, once the device has made it."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
+
+
+def to_host(tensor: torch.Tensor) -> HostCopy:
+    """Start copying ``tensor`` to the host: a :class:`HostCopy` to ``wait()`` on.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._runtime import to_host
+    >>> to_host(torch.ones(2)).wait()
+    array([1., 1.], dtype=float32)
+    """
+    return HostCopy(tensor)
 
 
 def progress_bar(*, total: int, enabled: bool, desc: str, unit: str = "clip"):

@@ -504,6 +504,49 @@ def test_iter_batches_arrays_in_workers(rng):
         next(batches)
 
 
+@pytest.mark.parametrize("as_2d", [False, True])
+def test_parallel_checks_name_the_first_bad_clip(monkeypatch, rng, as_2d):
+    from skast import _audio
+
+    monkeypatch.setattr(_audio, "_PARALLEL_SAMPLES", 0)
+    monkeypatch.setattr(_audio.os, "cpu_count", lambda: 4)
+    X = rng.standard_normal((23, 500)).astype(np.float32)
+    check_audio_input(X if as_2d else list(X))  # all good: no error
+    for bad in ([22], [3, 17], [0, 5, 11, 22], [12, 13]):
+        Y = X.copy()
+        Y[bad, 7] = np.nan
+        with pytest.raises(ValueError, match=rf"^clip {bad[0]}: .*NaN"):
+            check_audio_input(Y if as_2d else list(Y))
+    Y = list(X)
+    Y[9] = np.array([1.0, np.inf])
+    Y[14] = np.zeros(0)
+    with pytest.raises(ValueError, match=r"^clip 9: "):
+        check_audio_input(Y)
+
+
+def test_loading_without_a_copy_shares_only_writeable_float32(wave):
+    X = np.stack([wave, -wave])
+    ro = X.copy()
+    ro.setflags(write=False)
+    ints = (X * 1000).astype(np.int16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy on a read-only array
+        assert np.shares_memory(check_audio_input(X).load(1, copy=False).numpy(), X)
+        for source in (ro, ints, X.astype(np.float64)):
+            out = check_audio_input(source).load(1, copy=False)
+            assert out.dtype == torch.float32
+            assert not np.shares_memory(out.numpy(), source)
+        # resampled clips are new in any case
+        out = check_audio_input(X).load(0, sample_rate=8000, copy=False)
+        assert not np.shares_memory(out.numpy(), X)
+    (batch,) = iter_batches(
+        check_audio_input(X), sample_rate=16000, batch_size=2, copy=False
+    )
+    assert all(np.shares_memory(w.numpy(), X) for _, w in batch)
+    (batch,) = iter_batches(check_audio_input(X), sample_rate=16000, batch_size=2)
+    assert not any(np.shares_memory(w.numpy(), X) for _, w in batch)
+
+
 def test_iter_batches_takes_any_clip_source(wave):
     class Reversed:  # what the estimators pass for subsets of X
         def __init__(self, audio):
