@@ -68,8 +68,12 @@ def alternate(fns: dict, repeats: int, device: torch.device) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_tflops(device: torch.device, dtype=torch.float32, n: int = 2048) -> float:
-    """Measured dense matmul throughput (TFLOP/s) of ``dtype`` on ``device``."""
+def matmul_tflops(
+    device: torch.device, dtype=torch.float32, n: int | None = None
+) -> float:
+    """Measured dense matmul throughput (TFLOP/s) of ``dtype`` on ``device``
+    (``n``: the square size; default 2048 on the CPU, 8192 on a GPU)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     reps = 20 if device.type == "cuda" else 5

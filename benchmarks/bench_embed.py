@@ -8,13 +8,22 @@ AST (transformers: ``ASTFeatureExtractor`` + ``ASTModel`` with SDPA; skast:
 * 5 s clips (ESC-50's length): skast runs the position-adapted 512-frame model,
   transformers must pad to the checkpoint's 1024 frames;
 * feature extraction alone;
+* the share of ``transform``'s time that goes to its own feature path
+  (checks, transfer to the device, log-mel, normalisation);
 * the encoder's share of the machine's dense matmul throughput, measured in the
-  same run.
+  same run (at ``--precision``, batch ``--batch-size``).
+
+``--precision`` is skast's; ``--transformers-precision`` lists the precisions
+transformers runs at (default float32, its default), one row each. On a GPU::
+
+    python benchmarks/bench_embed.py --device cuda --precision bfloat16 \
+        --transformers-precision float32 bfloat16 --clips 256 --batch-size 64
 
 Usage::
 
     python benchmarks/bench_embed.py [--clips 8] [--repeats 3] [--device cpu]
-        [--precision float32] [--json out.json]
+        [--precision float32] [--transformers-precision float32 ...]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -46,35 +55,55 @@ def main(argv=None):
     parser.add_argument(
         "--precision", default="float32", choices=["float32", "bfloat16", "float16"]
     )
+    parser.add_argument(
+        "--transformers-precision",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16", "float16"],
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     from transformers import ASTFeatureExtractor, ASTModel
 
-    from skast import ASTFeaturizer, _features
+    from skast import ASTFeaturizer, _audio, _features
 
     device = torch.device(args.device)
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.precision
-    ]
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = dtypes[args.precision]
     ckpt = random_hf_checkpoint()
-    hf = ASTModel.from_pretrained(ckpt, attn_implementation="sdpa").to(device).eval()
-    if dtype is not None:
-        hf = hf.to(dtype)
+    hf = {}
+    for name in args.transformers_precision:
+        model = ASTModel.from_pretrained(ckpt, attn_implementation="sdpa")
+        model = model.to(device, dtypes[name] or torch.float32).eval()
+        hf[name] = model
     fe = ASTFeatureExtractor()
     rng = np.random.default_rng(0)
     rows, results = [], {}
 
-    def hf_embed(clips):
-        out = []
+    def hf_embed(clips, name):
+        model, out = hf[name], []
         for i in range(0, len(clips), args.batch_size):
             batch = fe(
                 clips[i : i + args.batch_size], sampling_rate=16000, return_tensors="pt"
             )
-            x = batch["input_values"].to(device, dtype or torch.float32)
+            x = batch["input_values"].to(device, model.dtype)
             with torch.inference_mode():
-                out.append(hf(x).pooler_output.float().cpu())
+                out.append(model(x).pooler_output.float().cpu())
         return torch.cat(out)
+
+    def skast_features(featurizer, clips):
+        audio = _audio.check_audio_input(clips)
+        for _ in featurizer._iter_features(audio, desc="features"):
+            pass
+
+    def skast_encoder(featurizer, batches):
+        """The encoder alone on features already on the device."""
+        model = featurizer.model_
+        with torch.inference_mode():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                for x in batches:
+                    model.pool(model.forward_features(x))
 
     for seconds, frames in ((10.0, 1024), (5.0, 512)):
         clips = [
@@ -88,32 +117,40 @@ def main(argv=None):
             device=str(device),
             precision=args.precision,
         ).fit(clips[:1])
-        med = alternate(
-            {
-                "transformers": lambda: hf_embed(clips),
-                "skast": lambda: ours.transform(clips),
-            },
-            args.repeats,
-            device,
-        )
-        ratio = med["transformers"] / med["skast"]
+        fns = {
+            f"transformers {name}": (lambda name=name: hf_embed(clips, name))
+            for name in hf
+        }
+        batches = [
+            x for _, x in ours._iter_features(_audio.check_audio_input(clips), desc="")
+        ]
+        fns["skast"] = lambda: ours.transform(clips)
+        fns["skast features"] = lambda: skast_features(ours, clips)
+        fns["skast encoder"] = lambda: skast_encoder(ours, batches)
+        med = alternate(fns, args.repeats, device)
         key = f"embed_{int(seconds)}s"
         results[key] = {
             "frames_skast": frames,
             "frames_transformers": 1024,
-            "clips_per_s_transformers": args.clips / med["transformers"],
             "clips_per_s_skast": args.clips / med["skast"],
-            "speedup": ratio,
+            "features_share_of_transform": med["skast features"] / med["skast"],
+            "beyond_encoder_share_of_transform": 1
+            - med["skast encoder"] / med["skast"],
         }
-        rows.append(
-            [
-                f"embed {seconds:.0f} s clips",
-                f"{frames} / 1024",
-                f"{args.clips / med['transformers']:.2f}",
-                f"{args.clips / med['skast']:.2f}",
-                f"{ratio:.2f}x",
-            ]
-        )
+        for name in hf:
+            base = med[f"transformers {name}"]
+            results[key][f"clips_per_s_transformers_{name}"] = args.clips / base
+            results[key][f"speedup_vs_{name}"] = base / med["skast"]
+            rows.append(
+                [
+                    f"embed {seconds:.0f} s clips",
+                    f"{frames} / 1024",
+                    name,
+                    f"{args.clips / base:.2f}",
+                    f"{args.clips / med['skast']:.2f}",
+                    f"{base / med['skast']:.2f}x",
+                ]
+            )
         if frames == 1024:
             waves = [torch.from_numpy(c).to(device) for c in clips]
             mean, std = _features.NORM_STATS["audioset"]
@@ -138,6 +175,7 @@ def main(argv=None):
                 [
                     "features only, 10 s",
                     "1024",
+                    "float32",
                     f"{args.clips / med['transformers']:.1f}",
                     f"{args.clips / med['skast']:.1f}",
                     f"{med['transformers'] / med['skast']:.2f}x",
@@ -166,7 +204,7 @@ def main(argv=None):
     env = environment(device)
     print(
         f"\n## Embedding throughput ({env['device_name']}, {env['threads']} threads, "
-        f"{args.precision}, batch {args.batch_size}, {args.clips} clips, "
+        f"skast {args.precision}, batch {args.batch_size}, {args.clips} clips, "
         f"median of {args.repeats})\n"
     )
     print(
@@ -174,6 +212,7 @@ def main(argv=None):
             [
                 "task",
                 "frames (skast / transformers)",
+                "transformers precision",
                 "transformers clips/s",
                 "skast clips/s",
                 "skast speed-up",
@@ -181,6 +220,16 @@ def main(argv=None):
             rows,
         )
     )
+    print()
+    for seconds in (10, 5):
+        res = results[f"embed_{seconds}s"]
+        print(
+            f"{seconds} s clips: the feature path alone (checks, transfer, log-mel, "
+            f"normalisation) takes {100 * res['features_share_of_transform']:.1f}% "
+            "of transform's time run alone; "
+            f"{100 * res['beyond_encoder_share_of_transform']:.1f}% of transform's "
+            "time is spent outside the encoder (the rest overlaps it)"
+        )
     enc = results["encoder"]
     print(
         f"\nencoder: {enc['tflops'] * 1e3:.1f} GFLOP/s = {100 * enc['fraction']:.0f}% of "

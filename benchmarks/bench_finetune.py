@@ -6,7 +6,8 @@ skast with ``ASTClassifier(checkpoint).fit`` (one epoch per fit; SpecAugment
 and mixup off, its defaults), transformers with ``ASTForAudioClassification``
 (SDPA attention) on ``ASTFeatureExtractor`` features and a ``torch.optim.Adam``
 loop. Same optimizer settings (Adam, lr 1e-5, betas (0.95, 0.999), weight
-decay 5e-7, a fresh optimizer each epoch), cross-entropy loss, same precision
+decay 5e-7, a fresh optimizer each epoch; skast's is torch's fused
+implementation on CUDA, the loop's torch's default), cross-entropy loss, same precision
 (``--precision``, autocast as skast resolves it), batch order shuffled.
 
 * seconds per training step: forward, loss, backward and ``optimizer.step``.

@@ -1,4 +1,4 @@
-"""Where the CPU encoder's time goes: a torch.profiler table by op.
+"""Where the encoder's time goes: a torch.profiler table by op.
 
 Runs ``forward_features`` + ``pool`` of the base AST (random weights) at
 ``--frames`` under ``torch.profiler`` and groups the ops: the Linear layers'
@@ -9,7 +9,13 @@ group's share of the time is set against its share of the FLOPs, which is
 what bounds the encoder's fraction of the matmul throughput:
 ``fraction = (FLOPs / GEMM FLOPs) * (GEMM time share) * (GEMM efficiency)``.
 
-``--malloc`` also times the forward with glibc's default allocation of large
+On a GPU (``--device cuda``) the groups are timed by the device time of the
+kernels each op launched, ``--precision`` runs the encoder under autocast as
+the estimators do, and the script also times the same forward with the
+weights cast to ``--precision`` (no autocast): the cost of casting the
+weights on every call.
+
+``--malloc`` (CPU) also times the forward with glibc's default allocation of large
 blocks (fresh ``mmap`` pages per tensor, zeroed by the kernel on first touch)
 against a heap that keeps and reuses them (``mallopt``: mmap threshold 1 GiB,
 no trimming), alternating in one process (Linux/glibc only).
@@ -17,7 +23,8 @@ no trimming), alternating in one process (Linux/glibc only).
 Usage::
 
     python benchmarks/profile_encoder.py [--frames 1024] [--batch-size 2]
-        [--repeats 3] [--malloc] [--json out.json]
+        [--repeats 3] [--malloc] [--device cpu] [--precision float32]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,13 +41,28 @@ from _common import alternate, environment, markdown_table, write_json  # noqa: 
 
 GROUPS = {
     "aten::addmm": "Linear GEMMs (addmm, without its copy)",
-    "aten::copy_": "bias broadcast into addmm's output (copy_)",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA)",
+    "aten::copy_": "copies: addmm's bias broadcast; autocast's casts",
+    "attention": "attention (SDPA)",
     "aten::gelu": "GELU",
     "aten::native_layer_norm": "LayerNorm",
     "aten::add": "residual adds",
-    "aten::mkldnn_convolution": "patch embedding (conv)",
+    "convolution": "patch embedding (conv)",
 }
+
+
+def group_of(key: str) -> str | None:
+    """The ``GROUPS`` key an op's profiler key belongs to."""
+    if (
+        key.startswith("aten::_scaled_dot_product")
+        or key.startswith("aten::_flash_attention")
+        or key.startswith("aten::_efficient_attention")
+        or key.startswith("aten::_cudnn_attention")
+    ):
+        return "attention"
+    if key in ("aten::mkldnn_convolution", "aten::cudnn_convolution"):
+        return "convolution"
+    return key if key in GROUPS else None
+
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
@@ -61,34 +83,46 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--malloc", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision", default="float32", choices=["float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     from torch.profiler import ProfilerActivity, profile
 
     from skast._model import AST, ASTConfig
+    from skast._runtime import autocast, resolve_autocast
 
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    dtype = resolve_autocast(args.precision, device)
     torch.manual_seed(0)
-    model = AST(ASTConfig(max_length=args.frames)).eval()
-    x = torch.randn(args.batch_size, args.frames, 128)
+    model = AST(ASTConfig(max_length=args.frames)).to(device).eval()
+    x = torch.randn(args.batch_size, args.frames, 128, device=device)
 
-    def encode():
-        with torch.inference_mode():
-            model.pool(model.forward_features(x))
+    def encode(m=model):
+        with torch.inference_mode(), autocast(device, dtype):
+            m.pool(m.forward_features(x))
 
     encode()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
         encode()
+        if on_gpu:
+            torch.cuda.synchronize(device)
     self_us = {}
     for evt in prof.key_averages():
-        self_us[evt.key] = self_us.get(evt.key, 0) + evt.self_cpu_time_total
+        group = group_of(evt.key)
+        t = evt.self_device_time_total if on_gpu else evt.self_cpu_time_total
+        self_us[group or evt.key] = self_us.get(group or evt.key, 0) + t
     total = sum(self_us.values())
     f = flops(model.config)
     f_total = model.flops_per_clip()
     share_of_flops = {
         "aten::addmm": f["linear"] / f_total,
-        "aten::_scaled_dot_product_flash_attention_for_cpu": f["attention"] / f_total,
+        "attention": f["attention"] / f_total,
     }
     rows, groups = [], {}
     for key, name in GROUPS.items():
@@ -103,12 +137,36 @@ def main(argv=None):
     env = environment(device)
     print(
         f"\n## Encoder profile ({env['device_name']}, {env['threads']} threads, "
-        f"base AST at {args.frames} frames, batch {args.batch_size}, "
-        f"{model.config.num_patches + 2} tokens)\n"
+        f"{args.precision}, base AST at {args.frames} frames, batch "
+        f"{args.batch_size}, {model.config.num_patches + 2} tokens)\n"
     )
     print(markdown_table(["ops", "share of time", "share of FLOPs"], rows))
-    print("\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    print("\n" + prof.key_averages().table(sort_by=sort_by, row_limit=15))
     results = {"groups": groups, "seconds_profiled": total / 1e6}
+
+    if dtype is not None:
+        cast = AST(model.config).to(device, dtype).eval()
+        cast.load_state_dict(model.state_dict())
+
+        def encode_cast():
+            with torch.inference_mode():
+                cast.pool(cast.forward_features(x.to(dtype)))
+
+        med = alternate({"autocast": encode, "cast": encode_cast}, args.repeats, device)
+        clip_flops = model.flops_per_clip() * args.batch_size
+        results["weights"] = {
+            "seconds_autocast": med["autocast"],
+            "seconds_cast": med["cast"],
+            "tflops_autocast": clip_flops / med["autocast"] / 1e12,
+            "tflops_cast": clip_flops / med["cast"] / 1e12,
+        }
+        print(
+            f"\nautocast (fp32 weights): {med['autocast'] * 1e3:.1f} ms "
+            f"({clip_flops / med['autocast'] / 1e12:.1f} TFLOP/s); weights cast to "
+            f"{args.precision}: {med['cast'] * 1e3:.1f} ms "
+            f"({clip_flops / med['cast'] / 1e12:.1f} TFLOP/s)"
+        )
 
     if args.malloc:
         libc = ctypes.CDLL("libc.so.6")
