@@ -90,6 +90,7 @@ def main(argv=None):
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from skast._model import AST, ASTConfig
@@ -114,6 +115,10 @@ def main(argv=None):
             torch.cuda.synchronize(device)
     self_us = {}
     for evt in prof.key_averages():
+        # on a GPU the kernels are listed too, beside the ops that launched
+        # them (whose device time already holds theirs): count the ops only
+        if on_gpu and evt.device_type != DeviceType.CPU:
+            continue
         group = group_of(evt.key)
         t = evt.self_device_time_total if on_gpu else evt.self_cpu_time_total
         self_us[group or evt.key] = self_us.get(group or evt.key, 0) + t
