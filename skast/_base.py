@@ -19,7 +19,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skast import _audio, _features
+from skast import _audio, _batches, _features
 from skast._checkpoints import load_checkpoint
 from skast._model import AST, ASTConfig
 from skast._runtime import (
@@ -171,7 +171,7 @@ class ASTBase(BaseEstimator):
         bar = progress_bar(total=len(audio), enabled=bool(self.verbose), desc=desc)
         device = torch.device(self.device_)
         try:
-            for batch in _audio.iter_batches(
+            for batch in _batches.iter_batches(
                 audio,
                 sample_rate=self.sample_rate,
                 batch_size=self.batch_size,

@@ -13,14 +13,13 @@ import torchaudio
 
 from skast._audio import (
     SAMPLE_RATE,
-    AudioDataset,
     AudioInput,
     SampleTypeError,
     check_audio_input,
-    iter_batches,
     load_audio,
     to_waveform,
 )
+from skast._batches import AudioDataset, iter_batches
 
 pd = pytest.importorskip("pandas")
 
