@@ -24,13 +24,13 @@ from skast._checkpoints import load_checkpoint
 from skast._model import AST, ASTConfig
 from skast._runtime import (
     PRECISIONS,
+    HostCopy,
     autocast,
     device_on_load,
     map_in_pieces,
     progress_bar,
     resolve_autocast,
     resolve_device,
-    to_host,
 )
 
 __all__ = ["ASTBase"]
@@ -223,7 +223,7 @@ class ASTBase(BaseEstimator):
 
         def run(piece):
             with autocast(device, self._autocast):
-                return to_host(fn(piece).float())
+                return HostCopy(fn(piece).float())
 
         def collect(indices, parts):
             nonlocal out

@@ -23,7 +23,6 @@ __all__ = [
     "is_out_of_memory",
     "retry_halving_on_oom",
     "map_in_pieces",
-    "to_host",
     "HostCopy",
     "progress_bar",
 ]
@@ -221,19 +220,6 @@ class HostCopy:
         if self._event is not None:
             self._event.synchronize()
         return self._host.numpy()
-
-
-def to_host(tensor: torch.Tensor) -> HostCopy:
-    """Start copying ``tensor`` to the host: a :class:`HostCopy` to ``wait()`` on.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skast._runtime import to_host
-    >>> to_host(torch.ones(2)).wait()
-    array([1., 1.], dtype=float32)
-    """
-    return HostCopy(tensor)
 
 
 def progress_bar(*, total: int, enabled: bool, desc: str, unit: str = "clip"):
