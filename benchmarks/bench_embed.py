@@ -67,6 +67,7 @@ def main(argv=None):
     from transformers import ASTFeatureExtractor, ASTModel
 
     from skast import ASTFeaturizer, _audio, _features
+    from skast._runtime import autocast
 
     device = torch.device(args.device)
     dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -93,17 +94,16 @@ def main(argv=None):
         return torch.cat(out)
 
     def skast_features(featurizer, clips):
+        """transform's feature path alone: the normalised batches on the device."""
         audio = _audio.check_audio_input(clips)
-        for _ in featurizer._iter_features(audio, desc="features"):
-            pass
+        return [x for _, x in featurizer._iter_features(audio, desc="features")]
 
     def skast_encoder(featurizer, batches):
         """The encoder alone on features already on the device."""
         model = featurizer.model_
-        with torch.inference_mode():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                for x in batches:
-                    model.pool(model.forward_features(x))
+        with torch.inference_mode(), autocast(device, dtype):
+            for x in batches:
+                model.pool(model.forward_features(x))
 
     for seconds, frames in ((10.0, 1024), (5.0, 512)):
         clips = [
@@ -121,9 +121,7 @@ def main(argv=None):
             f"transformers {name}": (lambda name=name: hf_embed(clips, name))
             for name in hf
         }
-        batches = [
-            x for _, x in ours._iter_features(_audio.check_audio_input(clips), desc="")
-        ]
+        batches = skast_features(ours, clips)
         fns["skast"] = lambda: ours.transform(clips)
         fns["skast features"] = lambda: skast_features(ours, clips)
         fns["skast encoder"] = lambda: skast_encoder(ours, batches)
@@ -182,18 +180,11 @@ def main(argv=None):
                 ]
             )
             # the encoder alone, against the machine's matmul throughput
-            model = ours.model_
             x = torch.randn(args.batch_size, 1024, 128, device=device)
-
-            def encode():
-                with torch.inference_mode():
-                    with torch.autocast(
-                        device.type, dtype=dtype, enabled=dtype is not None
-                    ):
-                        model.pool(model.forward_features(x))
-
-            sec = alternate({"enc": encode}, args.repeats, device)["enc"]
-            achieved = model.flops_per_clip() * args.batch_size / sec / 1e12
+            sec = alternate(
+                {"enc": lambda: skast_encoder(ours, [x])}, args.repeats, device
+            )["enc"]
+            achieved = ours.model_.flops_per_clip() * args.batch_size / sec / 1e12
             peak = matmul_tflops(device, dtype or torch.float32)
             results["encoder"] = {
                 "tflops": achieved,

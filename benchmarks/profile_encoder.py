@@ -103,9 +103,9 @@ def main(argv=None):
     model = AST(ASTConfig(max_length=args.frames)).to(device).eval()
     x = torch.randn(args.batch_size, args.frames, 128, device=device)
 
-    def encode(m=model):
+    def encode():
         with torch.inference_mode(), autocast(device, dtype):
-            m.pool(m.forward_features(x))
+            model.pool(model.forward_features(x))
 
     encode()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
