@@ -295,6 +295,7 @@ def _to_float32(a: np.ndarray, copy: bool = True) -> np.ndarray:
     """A float32 array from a :func:`_validated` one, integer PCM scaled: new,
     or with ``copy=False`` a writeable float32 input itself."""
     if a.dtype.kind == "f":
+        # a read-only array is copied all the same: torch.from_numpy warns on it
         return a.astype(np.float32, copy=copy or not a.flags.writeable)
     offset, scale = _INT_PCM[np.dtype(f"{a.dtype.kind}{min(a.dtype.itemsize, 4)}")]
     if offset:  # exact in int64, then one rounding to float32
@@ -555,7 +556,7 @@ def _check_2d(X: np.ndarray, check_clips: bool) -> AudioInput:
     if check_clips and (
         X.dtype == object or X.dtype.itemsize > 4 or X.dtype.kind == "f"
     ):
-        _validate_clips(X, X.size)
+        _validate_clips(X)
     return AudioInput(X, "array2d")
 
 
@@ -563,7 +564,7 @@ def _check_2d(X: np.ndarray, check_clips: bool) -> AudioInput:
 _PARALLEL_SAMPLES = 1 << 22
 
 
-def _validate_clips(clips, n_samples: int) -> None:
+def _validate_clips(clips) -> None:
     """:func:`_validated` of every clip, raising the error of the first bad one.
 
     The checks read every sample once, which bounds how fast a GPU can be fed;
@@ -572,12 +573,6 @@ def _validate_clips(clips, n_samples: int) -> None:
     one, so the error raised is still the first bad clip's. One clip's
     temporaries at a time per thread.
     """
-    n = len(clips)
-    workers = min(n, os.cpu_count() or 1, 8)
-    if workers < 2 or n_samples < _PARALLEL_SAMPLES:
-        for i in range(n):
-            _validated(clips[i], i)
-        return
 
     def check_run(lo: int, hi: int):
         for i in range(lo, hi):
@@ -587,9 +582,14 @@ def _validate_clips(clips, n_samples: int) -> None:
                 return err
         return None
 
-    bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
-    with ThreadPoolExecutor(workers, thread_name_prefix="skast-check") as pool:
-        errors = list(pool.map(check_run, bounds[:-1], bounds[1:]))
+    n = len(clips)
+    workers = min(n, os.cpu_count() or 1, 8)
+    if workers < 2 or _total_samples(clips) < _PARALLEL_SAMPLES:
+        errors = [check_run(0, n)]
+    else:
+        bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
+        with ThreadPoolExecutor(workers, thread_name_prefix="skast-check") as pool:
+            errors = list(pool.map(check_run, bounds[:-1], bounds[1:]))
     for err in errors:
         if err is not None:
             raise err
@@ -725,10 +725,17 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
                 "mix multichannel audio to mono first (X must not be 3-D)"
             )
     if check_clips:
-        _validate_clips(X, sum(_n_samples(item) for item in X))
+        _validate_clips(X)
     return AudioInput(X, "arrays")
 
 
-def _n_samples(item) -> int:
-    size = getattr(item, "size", None)
-    return size if isinstance(size, numbers.Integral) else len(item)
+def _total_samples(clips) -> int:
+    """The samples of all clips: of a 2-D array, or of a sequence of 1-D clips."""
+    if isinstance(clips, np.ndarray) and clips.dtype != object:
+        return clips.size
+
+    def n_samples(item) -> int:
+        size = getattr(item, "size", None)
+        return size if isinstance(size, numbers.Integral) else len(item)
+
+    return sum(n_samples(item) for item in clips)
