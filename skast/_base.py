@@ -24,10 +24,8 @@ from skast._checkpoints import load_checkpoint
 from skast._model import AST, ASTConfig
 from skast._runtime import (
     PRECISIONS,
-    HostCopy,
-    autocast,
     device_on_load,
-    map_in_pieces,
+    evaluate,
     progress_bar,
     resolve_autocast,
     resolve_device,
@@ -204,47 +202,16 @@ class ASTBase(BaseEstimator):
     def _forward_batches(
         self, audio, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str
     ) -> np.ndarray:
-        """Run ``fn`` (features -> (B, k) outputs) over all clips in eval mode,
-        without gradients, under autocast; float32 numpy of shape (n, k).
-
-        A device out-of-memory error halves the batch and retries; later
-        batches start from the size that fitted.
-
-        On CUDA, a batch's outputs are copied back asynchronously and collected
-        after the next batch is queued, so that the device never waits for the
-        host to prepare a batch.
-        """
-        out = None
-        device = torch.device(self.device_)
-        model = self.model_
-        was_training = model.training
-        model.eval()
-        limit = None  # after an out-of-memory error: the largest piece that ran
-
-        def run(piece):
-            with autocast(device, self._autocast):
-                return HostCopy(fn(piece).float())
-
-        def collect(indices, parts):
-            nonlocal out
-            result = np.concatenate([part.wait() for part in parts])
-            if out is None:
-                out = np.empty((len(audio), result.shape[1]), dtype=np.float32)
-            out[indices] = result
-
-        pending = None
-        try:
-            with torch.inference_mode():
-                for indices, feats in self._iter_features(audio, desc=desc):
-                    parts, limit = map_in_pieces(run, feats, device, limit)
-                    if pending is not None:
-                        collect(*pending)
-                    pending = (indices, parts)
-                if pending is not None:
-                    collect(*pending)
-        finally:
-            model.train(was_training)
-        return out
+        """:func:`skast._runtime.evaluate` of ``fn`` (features -> (B, k))
+        over every clip's normalised features: float32 numpy (n, k)."""
+        return evaluate(
+            self.model_,
+            fn,
+            self._iter_features(audio, desc=desc),
+            len(audio),
+            device=self.device_,
+            dtype=self._autocast,
+        )
 
     # ------------------------------------------------------------------ identity
 

@@ -23,6 +23,7 @@ __all__ = [
     "is_out_of_memory",
     "retry_halving_on_oom",
     "map_in_pieces",
+    "evaluate",
     "HostCopy",
     "progress_bar",
 ]
@@ -183,6 +184,86 @@ def map_in_pieces(fn: Callable, x, device, limit: int | None = None):
     first = min(n, limit or n)
     _, size = retry_halving_on_oom(attempt, first, device)
     return outputs, (limit if size == first else size)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    batches,
+    n: int,
+    *,
+    device,
+    dtype: torch.dtype | None,
+) -> np.ndarray:
+    """The one evaluation loop: ``fn`` over every batch; float32 ``(n, k)``.
+
+    ``model`` is in eval mode while the loop runs (its mode is restored
+    after), there are no gradients, and ``fn`` runs under autocast to
+    ``dtype``. ``batches`` yields ``(indices, x)``: positions in the output
+    and the inputs, already on ``device``. A device out-of-memory error halves
+    the pieces a batch is run in (:func:`map_in_pieces`) and later batches
+    start from the size that fitted. On CUDA each batch's outputs are copied
+    back asynchronously (:class:`HostCopy`) and collected after the next batch
+    is queued, so the device never waits for the host.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The module ``fn`` runs (for its eval mode).
+    fn : callable
+        ``x -> (B, k)`` outputs.
+    batches : iterable of (sequence of int, torch.Tensor)
+        Output positions and inputs of each batch.
+    n : int
+        Number of output rows.
+    device : str or torch.device
+        Where the inputs are.
+    dtype : torch.dtype or None
+        The autocast dtype (``None``: float32 without autocast).
+
+    Returns
+    -------
+    ndarray of shape (n, k), dtype float32
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._runtime import evaluate
+    >>> model = torch.nn.Linear(3, 2)
+    >>> batches = [([0, 1], torch.ones(2, 3)), ([2], torch.zeros(1, 3))]
+    >>> evaluate(model, model, batches, 3, device="cpu", dtype=None).shape
+    (3, 2)
+    """
+    device = torch.device(device)
+    out = None
+    limit = None  # after an out-of-memory error: the largest piece that ran
+
+    def run(piece):
+        with autocast(device, dtype):
+            return HostCopy(fn(piece).float())
+
+    def collect(indices, parts):
+        nonlocal out
+        result = np.concatenate([part.wait() for part in parts])
+        if out is None:
+            out = np.empty((n, result.shape[1]), dtype=np.float32)
+        out[indices] = result
+
+    was_training = model.training
+    model.eval()
+    pending = None
+    try:
+        with torch.inference_mode():
+            for indices, x in batches:
+                parts, limit = map_in_pieces(run, x, device, limit)
+                if pending is not None:
+                    collect(*pending)
+                pending = (indices, parts)
+            if pending is not None:
+                collect(*pending)
+    finally:
+        model.train(was_training)
+    return out
 
 
 class HostCopy:

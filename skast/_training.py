@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from skast import _features
 from skast._model import AST
-from skast._runtime import autocast, map_in_pieces, retry_halving_on_oom
+from skast._runtime import autocast, evaluate, retry_halving_on_oom
 
 __all__ = [
     "RECIPES",
@@ -407,21 +407,25 @@ class Trainer:
         """Step the schedule, as the original does after each epoch."""
         self.scheduler.step()
 
-    @torch.inference_mode()
     def logits(self, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Eval-mode float32 logits (on the CPU) of the CPU features at
-        ``indices``."""
-        self.model.eval()
-        out, limit = [], None  # a device out-of-memory error halves the batches
-        for start in range(0, len(indices), self.batch_size):
-            x = features[indices[start : start + self.batch_size]].to(self.device)
-            parts, limit = map_in_pieces(self._eval_logits, x, self.device, limit)
-            out.extend(parts)
-        return torch.cat(out)
-
-    def _eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.autocast_dtype):
-            return self.model(x).float().cpu()
+        ``indices``, through the one evaluation loop."""
+        batches = (
+            (
+                range(start, min(start + self.batch_size, len(indices))),
+                features[indices[start : start + self.batch_size]].to(self.device),
+            )
+            for start in range(0, len(indices), self.batch_size)
+        )
+        out = evaluate(
+            self.model,
+            self.model,
+            batches,
+            len(indices),
+            device=self.device,
+            dtype=self.autocast_dtype,
+        )
+        return torch.from_numpy(out)
 
     def validation_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
         if self.multilabel:
