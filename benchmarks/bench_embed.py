@@ -66,7 +66,7 @@ def main(argv=None):
 
     from transformers import ASTFeatureExtractor, ASTModel
 
-    from skast import ASTFeaturizer, _audio, _features
+    from skast import ASTFeaturizer, _audio, _features, _recipes
     from skast._runtime import autocast
 
     device = torch.device(args.device)
@@ -151,7 +151,7 @@ def main(argv=None):
             )
         if frames == 1024:
             waves = [torch.from_numpy(c).to(device) for c in clips]
-            mean, std = _features.NORM_STATS["audioset"]
+            mean, std = _recipes.NORM_STATS["audioset"]
             med = alternate(
                 {
                     "transformers": lambda: fe(

@@ -86,7 +86,7 @@ def main(argv=None):
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    from skast import _features
+    from skast import _features, _recipes
     from skast._model import AST, ASTConfig
 
     device = torch.device("cpu")
@@ -99,14 +99,14 @@ def main(argv=None):
     ]
     x = _features.normalize(
         _features.fbank(waves, max_length=args.frames),
-        *_features.NORM_STATS["audioset"],
+        *_recipes.NORM_STATS["audioset"],
     )
     # a sine sweep and silence as well: inputs unlike the noise
     t = torch.arange(args.frames * 160) / 16000
     sweep = torch.sin(2 * math.pi * (200 + 3000 * t / t[-1]) * t) * 0.3
     extra = _features.normalize(
         _features.fbank([sweep, torch.zeros_like(sweep)], max_length=args.frames),
-        *_features.NORM_STATS["audioset"],
+        *_recipes.NORM_STATS["audioset"],
     )
     x_fidelity = torch.cat([x, extra])
 

@@ -11,18 +11,13 @@ import os
 
 import numpy as np
 
+from skast import _recipes
 from skast.datasets import load_esc50, make_sounds
 
 ESC50 = os.environ.get("SKAST_ESC50")
 CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
-TINY = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 128,
-    "frequency_stride": 16,
-    "time_stride": 16,
-}
+# the small randomly initialised AST of `skast demo` (skast._recipes.TINY)
+TINY = _recipes.TINY
 
 
 def dataset():

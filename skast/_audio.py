@@ -51,8 +51,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from skast._recipes import SAMPLE_RATE
+
 __all__ = [
-    "SAMPLE_RATE",
     "AudioInput",
     "SampleTypeError",
     "check_audio_input",
@@ -60,8 +61,6 @@ __all__ = [
     "to_waveform",
 ]
 
-#: The sample rate every clip is converted to, in Hz (the AST models' rate).
-SAMPLE_RATE = 16000
 
 # dtype -> (offset, scale): float32 sample = (x - offset) / scale
 _INT_PCM = {

@@ -22,6 +22,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from skast import _audio, _batches, _features
 from skast._checkpoints import load_checkpoint
 from skast._model import AST, ASTConfig
+from skast._recipes import NORM_STATS
 from skast._runtime import (
     PRECISIONS,
     device_on_load,
@@ -46,7 +47,7 @@ class ASTBase(BaseEstimator):
         "model_config": [None, dict],
         "max_length": [None, Interval(Integral, 16, None, closed="left")],
         "normalize": [
-            StrOptions({*_features.NORM_STATS, "fit"}),
+            StrOptions({*NORM_STATS, "fit"}),
             tuple,
             list,
         ],

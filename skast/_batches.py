@@ -14,7 +14,7 @@ import traceback
 import torch
 import torch.utils.data
 
-from skast._audio import SAMPLE_RATE
+from skast._recipes import SAMPLE_RATE
 
 __all__ = ["AudioDataset", "iter_batches"]
 

@@ -20,9 +20,10 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from skast import _audio, _checkpoints, _features
 from skast._base import ASTBase
+from skast._recipes import RECIPES
 from skast._runtime import progress_bar, resolve_device
 from skast._targets import check_no_missing, class_weights, encode_targets, equal
-from skast._training import RECIPES, Trainer, derive_seed, seed_torch, sigint_flag
+from skast._training import Trainer, derive_seed, seed_torch, sigint_flag
 
 __all__ = ["ASTClassifier"]
 

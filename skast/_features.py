@@ -50,12 +50,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from skast._recipes import NORM_STATS, NUM_MEL_BINS, SAMPLE_RATE
+
 __all__ = [
     "FRAME_LENGTH",
     "FRAME_SHIFT",
-    "NORM_STATS",
-    "NUM_MEL_BINS",
-    "SAMPLE_RATE",
     "fbank",
     "mixup",
     "normalize",
@@ -65,22 +64,12 @@ __all__ = [
     "spec_augment",
 ]
 
-SAMPLE_RATE = 16000
-NUM_MEL_BINS = 128
 FRAME_LENGTH = 400  # samples: 25 ms at 16 kHz
 FRAME_SHIFT = 160  # samples: 10 ms at 16 kHz
 FFT_SIZE = 512  # FRAME_LENGTH rounded up to a power of two
 PREEMPHASIS = 0.97
 LOW_FREQ = 20.0  # Hz; the high cut-off is the Nyquist frequency
 EPSILON = torch.finfo(torch.float32).eps  # 1.1920928955078125e-07
-
-#: ``(mean, std)`` of the log-mel features of the original AST recipes.
-NORM_STATS = {
-    "audioset": (-4.2677393, 4.5689974),
-    "esc50": (-6.6268077, 5.358466),
-    "speechcommands": (-6.845978, 5.5654526),
-}
-
 
 # --------------------------------------------------------------------------- frames
 
@@ -454,7 +443,7 @@ def resolve_normalization(normalize) -> tuple[float, float]:
     Parameters
     ----------
     normalize : {"audioset", "esc50", "speechcommands"} or (float, float)
-        A preset of the original AST recipes (:data:`NORM_STATS`; names are
+        A preset of the original AST recipes (:data:`skast._recipes.NORM_STATS`; names are
         case-insensitive) or a ``(mean, std)`` pair of finite real numbers
         with ``std > 0``.
 
@@ -530,7 +519,7 @@ def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     features : torch.Tensor
         Log-mel features, e.g. the output of :func:`fbank`.
     mean : float
-        Mean of the training features (see :data:`NORM_STATS`).
+        Mean of the training features (see :data:`skast._recipes.NORM_STATS`).
     std : float
         Their standard deviation; the result has std 0.5.
 
@@ -542,7 +531,8 @@ def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     Examples
     --------
     >>> import torch
-    >>> from skast._features import NORM_STATS, normalize
+    >>> from skast._features import normalize
+    >>> from skast._recipes import NORM_STATS
     >>> normalize(torch.zeros(1, 2), *NORM_STATS["audioset"])
     tensor([[0.4670, 0.4670]])
     """

@@ -23,59 +23,12 @@ from skast._model import AST
 from skast._runtime import autocast, evaluate, retry_halving_on_oom
 
 __all__ = [
-    "RECIPES",
     "Trainer",
     "derive_seed",
     "seed_torch",
     "set_trainable",
     "sigint_flag",
 ]
-
-#: Hyper-parameters of the original recipes (``egs/*/run*.sh``; reference/ast.md 2.6).
-RECIPES = {
-    "esc50": dict(
-        learning_rate=1e-5,
-        max_epochs=25,
-        batch_size=48,
-        freqm=24,
-        timem=96,
-        mixup=0.0,
-        max_length=512,
-        normalize="esc50",
-        warmup_steps=0,
-        lr_decay_start=5,
-        lr_decay_every=1,
-        lr_decay=0.85,
-    ),
-    "speechcommands": dict(
-        learning_rate=2.5e-4,
-        max_epochs=30,
-        batch_size=128,
-        freqm=48,
-        timem=48,
-        mixup=0.6,
-        max_length=128,
-        normalize="speechcommands",
-        warmup_steps=0,
-        lr_decay_start=5,
-        lr_decay_every=1,
-        lr_decay=0.85,
-    ),
-    "audioset": dict(
-        learning_rate=1e-5,
-        max_epochs=5,
-        batch_size=12,
-        freqm=48,
-        timem=192,
-        mixup=0.5,
-        max_length=1024,
-        normalize="audioset",
-        warmup_steps=1000,
-        lr_decay_start=2,
-        lr_decay_every=1,
-        lr_decay=0.5,
-    ),
-}
 
 #: The original raises the warm-up learning rate every this many steps.
 WARMUP_PERIOD = 50

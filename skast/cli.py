@@ -11,16 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from skast._recipes import RECIPES, TINY
+
 OUTPUT_SUFFIXES = (".npy", ".csv", ".parquet")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
-TINY_MODEL = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 128,
-    "frequency_stride": 16,
-    "time_stride": 16,
-}
 
 
 class UsageError(Exception):
@@ -119,7 +113,7 @@ def cmd_demo(args) -> int:
         f"classes ({', '.join(sounds.target_names)})"
     )
     common = dict(
-        model_config=TINY_MODEL,
+        model_config=TINY,
         max_length=128,
         normalize="fit",
         device=args.device,
@@ -332,9 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, help="where to save the fitted model (.joblib)"
     )
     p.add_argument("--checkpoint", default="MIT/ast-finetuned-audioset-10-10-0.4593")
-    p.add_argument(
-        "--recipe", default=None, choices=["esc50", "speechcommands", "audioset"]
-    )
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-5)

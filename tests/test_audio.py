@@ -12,7 +12,6 @@ import torch
 import torchaudio
 
 from skast._audio import (
-    SAMPLE_RATE,
     AudioInput,
     SampleTypeError,
     check_audio_input,
@@ -20,6 +19,7 @@ from skast._audio import (
     to_waveform,
 )
 from skast._batches import AudioDataset, iter_batches
+from skast._recipes import SAMPLE_RATE
 
 pd = pytest.importorskip("pandas")
 

@@ -15,6 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
 
 from skast import ASTClassifier, _features
+from skast._recipes import NORM_STATS
 from skast._training import Trainer
 
 SR = 16000
@@ -227,7 +228,7 @@ def test_recipe_fills_in_defaults_only(data):
     assert (rp["freqm"], rp["timem"], rp["mixup"]) == (48, 48, 0.6)
     assert rp["max_length"] == 128 and clf.model_.config.max_length == 128
     assert rp["normalize"] == "speechcommands"
-    assert clf.normalization_ == _features.NORM_STATS["speechcommands"]
+    assert clf.normalization_ == NORM_STATS["speechcommands"]
     assert (rp["lr_decay_start"], rp["lr_decay_every"], rp["lr_decay"]) == (5, 1, 0.85)
     esc = ASTClassifier(recipe="esc50")._resolve_recipe()
     assert esc == dict(

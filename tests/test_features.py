@@ -8,9 +8,6 @@ import torchaudio.compliance.kaldi as kaldi
 from skast._features import (
     FRAME_LENGTH,
     FRAME_SHIFT,
-    NORM_STATS,
-    NUM_MEL_BINS,
-    SAMPLE_RATE,
     _mel_matrix,
     fbank,
     mixup,
@@ -20,6 +17,7 @@ from skast._features import (
     resolve_normalization,
     spec_augment,
 )
+from skast._recipes import NORM_STATS, NUM_MEL_BINS, SAMPLE_RATE
 
 # 0.03 s, 0.5 s, 1 s, 5 s, 10 s, 30 s and odd lengths around frame boundaries
 LENGTHS = [480, 8000, 16000, 80000, 160000, 480000, 16001, 400, 401, 559, 560]
