@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skast import _features
+from skast import _augment
 from skast._model import AST
 from skast._runtime import autocast, evaluate, retry_halving_on_oom
 
@@ -260,9 +260,9 @@ class Trainer:
         """Mixup, then SpecAugment on the mix, as the original dataloader
         (which mixes the waveforms, then masks the fbank of the mix)."""
         if self.mixup > 0:
-            x, t = _features.mixup(x, t, self.mixup, generator=generator)
+            x, t = _augment.mixup(x, t, self.mixup, generator=generator)
         if self.freqm or self.timem:
-            x = _features.spec_augment(
+            x = _augment.spec_augment(
                 x, self.freqm, self.timem, fill=self.fill, generator=generator
             )
         return x, t
