@@ -532,4 +532,3 @@ def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     tensor([[0.4670, 0.4670]])
     """
     return (features - mean) / (std * 2)
-

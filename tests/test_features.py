@@ -345,4 +345,3 @@ def test_normalize():
     out = normalize(x, *NORM_STATS["audioset"])
     torch.testing.assert_close(out, torch.tensor([[0.467032, 0.0, 1.0]]))
     assert x[0, 0] == 0.0  # out of place
-
