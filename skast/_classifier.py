@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 import warnings
 from numbers import Integral, Real
 
@@ -12,23 +11,27 @@ import scipy.sparse as sp
 import torch
 from scipy.special import expit, log_expit, log_softmax, softmax
 from sklearn.base import ClassifierMixin, _fit_context
-from sklearn.metrics import average_precision_score
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from skast import _audio, _checkpoints, _features
+from skast import _audio, _checkpoints
 from skast._base import ASTBase
 from skast._recipes import RECIPES
-from skast._runtime import progress_bar, resolve_device
+from skast._runtime import resolve_device
 from skast._targets import check_no_missing, class_weights, encode_targets, equal
-from skast._training import Trainer, derive_seed, seed_torch, sigint_flag
+from skast._training import (
+    TrainingConfig,
+    derive_seed,
+    forked_rng,
+    seed_torch,
+    train,
+)
 
 __all__ = ["ASTClassifier"]
 
-# seeds derived from the fit's seed (skast._training.derive_seed)
-_HEAD, _EPOCH = 1, 2
+#: skast._training.derive_seed key of the new head's initialisation
+_HEAD_SEED = 1
 
 
 class ASTClassifier(ClassifierMixin, ASTBase):
@@ -452,51 +455,88 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         self._check_training_params(incremental)
         audio = _audio.check_audio_input(X)
         fitted = self.__sklearn_is_fitted__()
-        going_on = incremental and fitted
-        warm = not incremental and self.warm_start and fitted
-        targets, new_classes, multilabel, y_dtype = encode_targets(
+        continuing = incremental and fitted  # a partial_fit after the first
+        warm_starting = not incremental and self.warm_start and fitted
+        keeps_model = continuing or warm_starting
+        fitted_labels = (self.classes_, self._multilabel) if continuing else None
+        targets = encode_targets(
             y,
             len(audio),
-            fitted=(self.classes_, self._multilabel) if going_on else None,
+            fitted=fitted_labels,
             incremental=incremental,
             classes=classes,
         )
-        if not (going_on or warm):
+        if not keeps_model:
             self.__dict__.pop("n_iter_", None)  # unfitted until this fit succeeds
-        if not going_on:
+        if not continuing:
             self.recipe_params_ = self._resolve_recipe()
             self._seed = int(
                 check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
             )
-        same_head = (going_on or warm) and self._has_head_for(new_classes, multilabel)
-        class_weight = class_weights(
-            self.class_weight, targets, new_classes, multilabel
-        )
-
-        device = resolve_device(self.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        rng_devices = [] if device.type == "cpu" else [device.index or 0]
-        device_type = "cuda" if device.type == "cpu" else device.type
-        with torch.random.fork_rng(devices=rng_devices, device_type=device_type):
-            self._prepare(audio, keep_model=going_on or warm)
+        keeps_head = keeps_model and self._has_head_for(targets)
+        class_weight = class_weights(self.class_weight, targets)
+        device = _training_device(self.device)
+        with forked_rng(device):
+            self._prepare(audio, keep_model=keeps_model)
             # before the head is reset: a clip that fails to load leaves a
             # warm-started model as it was (no randomness is drawn here)
             features = self._compute_features(audio)
-            if not same_head:
-                seed_torch(derive_seed(self._seed, _HEAD), device)
-                names = {i: str(c) for i, c in enumerate(new_classes)}
-                self.model_.reset_classifier(names)
-                self.__dict__.pop("_partial_state", None)
-            self.classes_ = new_classes
-            self._multilabel = multilabel
-            self._y_dtype = y_dtype
-            if not (going_on or warm):
+            if not keeps_head:
+                self._new_head(targets.classes, device)
+            self.classes_ = targets.classes
+            self._multilabel, self._y_dtype = targets.multilabel, targets.y_dtype
+            if not keeps_model:
                 self.history_ = []
-            self._train(
-                features, targets, class_weight, incremental=incremental, device=device
-            )
+            config = self._training_config(device)
+            state = self.__dict__.get("_partial_state") if incremental else None
+            result = train(
+                self.model_, features, targets.values, config, self.history_,
+                class_weight=class_weight, optimizer_state=state, incremental=incremental,
+            )  # fmt: skip
+        self._keep_training_result(result, incremental)
         return self
+
+    def _new_head(self, classes, device) -> None:
+        """A new head for ``classes``, seeded; no optimizer state goes on."""
+        seed_torch(derive_seed(self._seed, _HEAD_SEED), device)
+        self.model_.reset_classifier({i: str(c) for i, c in enumerate(classes)})
+        self.model_.eval()  # the new head too, as a model_ is kept
+        self.__dict__.pop("_partial_state", None)
+
+    def _training_config(self, device) -> TrainingConfig:
+        return TrainingConfig.from_params(
+            {**self.get_params(deep=False), **self.recipe_params_},
+            multilabel=self._multilabel,
+            normalization=self.normalization_,
+            device=device,
+            autocast_dtype=self._autocast,
+            seed=self._seed,
+        )
+
+    def _keep_training_result(self, result, incremental) -> None:
+        """The fitted attributes of a training; its warning if interrupted."""
+        stopping = result.early_stopping
+        self.validation_scores_ = None if stopping is None else stopping.scores
+        self.best_validation_score_ = None if stopping is None else stopping.best_score
+        if incremental:
+            self._partial_state = result.optimizer_state
+        else:
+            self.__dict__.pop("_partial_state", None)
+        self.loss_curve_ = [h["train_loss"] for h in self.history_]
+        self.n_iter_ = len(self.history_)
+        if result.interrupted:
+            kept = (
+                f"the weights of its best validation epoch ({stopping.best_epoch})"
+                if stopping is not None and stopping.best_state is not None
+                else "its current weights"
+            )
+            warnings.warn(
+                f"training was interrupted (KeyboardInterrupt) after "
+                f"{self.n_iter_} epoch(s) counting the current one; the "
+                f"classifier is fitted with {kept}.",
+                UserWarning,
+                stacklevel=5,  # the caller of fit (through _fit_context)
+            )
 
     def _check_training_params(self, incremental):
         betas = self.betas
@@ -530,11 +570,11 @@ class ASTClassifier(ClassifierMixin, ASTBase):
                 params[key] = value
         return params
 
-    def _has_head_for(self, classes, multilabel) -> bool:
+    def _has_head_for(self, targets) -> bool:
         return (
-            multilabel == getattr(self, "_multilabel", None)
-            and equal(classes, self.classes_)
-            and self.model_.config.num_labels == len(classes)
+            targets.multilabel == getattr(self, "_multilabel", None)
+            and equal(targets.classes, self.classes_)
+            and self.model_.config.num_labels == len(targets.classes)
         )
 
     # ------------------------------------------------------------------ model
@@ -564,171 +604,6 @@ class ASTClassifier(ClassifierMixin, ASTBase):
                     out = torch.empty((len(audio), *feats.shape[1:]))
                 out[torch.as_tensor(indices)] = feats.float().cpu()
         return out
-
-    # ------------------------------------------------------------------ training
-
-    def _train(self, features, targets, class_weight, *, incremental, device):
-        hp = self.recipe_params_
-        mean, std = self.normalization_
-        trainer = Trainer(
-            self.model_,
-            device=device,
-            autocast_dtype=self._autocast,
-            multilabel=self._multilabel,
-            class_weight=class_weight,
-            learning_rate=hp["learning_rate"],
-            weight_decay=self.weight_decay,
-            betas=self.betas,
-            warmup_steps=hp["warmup_steps"],
-            lr_decay_start=hp["lr_decay_start"],
-            lr_decay_every=hp["lr_decay_every"],
-            lr_decay=hp["lr_decay"],
-            batch_size=hp["batch_size"],
-            freqm=hp["freqm"],
-            timem=hp["timem"],
-            mixup=hp["mixup"],
-            fill=float(_features.normalize(torch.tensor(0.0), mean, std)),
-            freeze=self.freeze,
-        )
-        if incremental and hasattr(self, "_partial_state"):
-            trainer.load_state_dict(self._partial_state)
-
-        validate = self.early_stopping and not incremental
-        train_idx = valid_idx = None
-        if validate:
-            train_idx, valid_idx = self._split(targets)
-        self.validation_scores_ = [] if validate else None
-        self.best_validation_score_ = None
-        best = _Best()
-
-        interrupted = False
-        with sigint_flag() as stop:
-            try:
-                for _ in range(1 if incremental else hp["max_epochs"]):
-                    record, interrupted = self._epoch(
-                        trainer, features, targets, train_idx, valid_idx, stop, device
-                    )
-                    if record is None:  # interrupted before a batch was done
-                        break
-                    self.history_.append(record)
-                    if self.verbose:
-                        _report(record)
-                    if interrupted or stop["hit"]:
-                        interrupted = True
-                        break
-                    if validate and self._no_more_progress(record, best):
-                        break
-            except KeyboardInterrupt:
-                interrupted = True
-
-        if best.state is not None:
-            self.model_.load_state_dict(best.state)
-        for p in self.model_.parameters():
-            p.requires_grad_(True)
-        self.model_.eval()
-        if incremental:
-            self._partial_state = trainer.state_dict()
-        else:
-            self.__dict__.pop("_partial_state", None)
-        self.loss_curve_ = [h["train_loss"] for h in self.history_]
-        self.n_iter_ = len(self.history_)
-        if interrupted:
-            kept = (
-                f"the weights of its best validation epoch ({best.epoch})"
-                if best.state is not None
-                else "its current weights"
-            )
-            warnings.warn(
-                f"training was interrupted (KeyboardInterrupt) after "
-                f"{self.n_iter_} epoch(s) counting the current one; the "
-                f"classifier is fitted with {kept}.",
-                UserWarning,
-                stacklevel=5,
-            )
-
-    def _epoch(self, trainer, features, targets, train_idx, valid_idx, stop, device):
-        """One epoch and its validation: ``(history record or None,
-        interrupted)``."""
-        epoch = len(self.history_) + 1
-        seed = derive_seed(self._seed, _EPOCH, epoch)
-        seed_torch(seed, device)  # dropout
-        generator = torch.Generator().manual_seed(seed)  # order, augmentation
-        n_train = len(features) if train_idx is None else len(train_idx)
-        bar = progress_bar(
-            total=n_train, enabled=bool(self.verbose), desc=f"epoch {epoch}"
-        )
-        start = time.perf_counter()
-        try:
-            loss, seen, interrupted = trainer.epoch(
-                features, targets, generator, indices=train_idx, stop=stop, bar=bar
-            )
-        finally:
-            bar.close()
-        if not seen:
-            return None, True
-        record = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "valid_loss": None,
-            "valid_score": None,
-            "learning_rate": trainer.lr,
-            "seconds": None,
-        }
-        if not interrupted:
-            trainer.end_epoch()
-            if valid_idx is not None:
-                logits = trainer.logits(features, valid_idx)
-                truth = targets[valid_idx]
-                record["valid_loss"] = trainer.validation_loss(logits, truth)
-                record["valid_score"] = self._validation_score(logits, truth)
-        record["seconds"] = time.perf_counter() - start
-        return record, interrupted
-
-    def _no_more_progress(self, record, best) -> bool:
-        """Early stopping as MLPClassifier's; keeps the best weights in ``best``."""
-        score = record["valid_score"]
-        self.validation_scores_.append(score)
-        if best.score is not None and score < best.score + self.tol:
-            best.no_improvement += 1
-        else:
-            best.no_improvement = 0
-        if best.score is None or score > best.score:
-            best.score, best.epoch = score, record["epoch"]
-            best.state = {
-                k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()
-            }
-            self.best_validation_score_ = score
-        return best.no_improvement > self.n_iter_no_change
-
-    def _split(self, targets):
-        n = len(targets)
-        stratify = None if self._multilabel else targets.numpy()
-        try:
-            train_idx, valid_idx = train_test_split(
-                np.arange(n),
-                test_size=self.validation_fraction,
-                stratify=stratify,
-                random_state=self._seed,
-            )
-        except ValueError as err:
-            raise ValueError(
-                f"cannot hold out validation_fraction={self.validation_fraction} "
-                f"of {n} clips for early_stopping: {err}"
-            ) from err
-        return torch.as_tensor(np.sort(train_idx)), torch.as_tensor(np.sort(valid_idx))
-
-    def _validation_score(self, logits, targets) -> float:
-        if not self._multilabel:
-            return float((logits.argmax(1) == targets).float().mean())
-        y = targets.numpy()
-        has_positive = y.sum(0) > 0
-        if not has_positive.any():
-            return 0.0
-        return float(
-            average_precision_score(
-                y[:, has_positive], logits.numpy()[:, has_positive], average="macro"
-            )
-        )
 
     # ------------------------------------------------------------------ prediction
 
@@ -905,15 +780,6 @@ class ASTClassifier(ClassifierMixin, ASTBase):
 # --------------------------------------------------------------------------- helpers
 
 
-class _Best:
-    """The best validation epoch so far, its weights (CPU), and the count of
-    epochs since an improvement."""
-
-    def __init__(self):
-        self.score = self.epoch = self.state = None
-        self.no_improvement = 0
-
-
 def _is_default(value, default) -> bool:
     """Whether a parameter is at its default (for the recipes)."""
     if value is default:
@@ -926,13 +792,9 @@ def _is_default(value, default) -> bool:
         return False
 
 
-def _report(record: dict) -> None:
-    from tqdm.auto import tqdm
-
-    parts = [f"epoch {record['epoch']}", f"train_loss={record['train_loss']:.4f}"]
-    if record["valid_score"] is not None:
-        parts.append(f"valid_loss={record['valid_loss']:.4f}")
-        parts.append(f"valid_score={record['valid_score']:.4f}")
-    parts.append(f"lr={record['learning_rate']:.3g}")
-    parts.append(f"{record['seconds']:.1f}s")
-    tqdm.write(", ".join(parts))
+def _training_device(spec) -> torch.device:
+    """The device to train on, with its index (the current CUDA device)."""
+    device = resolve_device(spec)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device

@@ -1,10 +1,15 @@
 """Labels in, training targets out: the encoding of ``y`` for ASTClassifier.
 
 Single-label ``y`` becomes class indices, multi-label ``y`` (an indicator
-matrix) a uint8 matrix; the checks name what is wrong with ``y``.
+matrix) a uint8 matrix; the checks name what is wrong with ``y``. Where the
+classes come from is what :func:`encode_targets` decides: from ``y`` on a
+first ``fit``, from ``classes`` on a first ``partial_fit`` call, from the
+fitted model when a ``partial_fit`` goes on.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -14,25 +19,80 @@ from sklearn.utils.multiclass import check_classification_targets, is_multilabel
 from sklearn.utils.validation import column_or_1d
 
 __all__ = [
+    "Targets",
     "check_no_missing",
     "class_weights",
     "encode_targets",
     "equal",
-    "first_call_classes",
+    "require_classes",
 ]
 
 
-def encode_targets(y, n_clips, *, fitted=None, incremental=False, classes=None):
-    """``(targets, classes, multilabel, y dtype)`` for a classifier's ``fit``.
+@dataclass(frozen=True)
+class Targets:
+    """The training targets of a ``fit`` and what they were encoded against.
 
-    ``targets`` is a CPU tensor of class indices or a uint8 indicator matrix.
+    Attributes
+    ----------
+    values : torch.Tensor
+        CPU class indices (int64, single-label) or a uint8 indicator matrix.
+    classes : ndarray
+        The classifier's ``classes_``: the labels, or ``arange(n_labels)``.
+    multilabel : bool
+        Whether ``y`` is an indicator matrix.
+    y_dtype : numpy.dtype or None
+        The indicator matrix's dtype (that of the predictions); None for
+        single-label ``y``.
+    """
+
+    values: torch.Tensor
+    classes: np.ndarray
+    multilabel: bool
+    y_dtype: np.dtype | None = None
+
+
+def encode_targets(y, n_clips, *, fitted=None, incremental=False, classes=None):
+    """The :class:`Targets` of ``y`` for a classifier's ``fit``.
+
     ``fitted`` is ``(classes_, multilabel)`` of the model that training goes
     on from (a ``partial_fit`` after the first), else None; ``incremental``
     and ``classes`` are those of ``partial_fit``.
+
+    Examples
+    --------
+    >>> from skast._targets import encode_targets
+    >>> t = encode_targets(["dog", "cat", "dog"], 3)
+    >>> t.values, t.classes, t.multilabel
+    (tensor([1, 0, 1]), array(['cat', 'dog'], dtype='<U3'), False)
+    >>> encode_targets(["cat"], 1, incremental=True, classes=["cat", "dog"]).values
+    tensor([0])
     """
-    going_on = fitted is not None
-    if going_on:
-        fitted_classes, fitted_multilabel = fitted
+    y = _label_array(y, n_clips)
+    if y.ndim == 2:
+        n_labels = _indicator_columns(y.shape[1], fitted, incremental, classes)
+        values = torch.from_numpy(np.ascontiguousarray(y != 0, dtype=np.uint8))
+        return Targets(values, np.arange(n_labels), True, y.dtype)
+    labels, inverse = _unique_labels(y)
+    if fitted is None and not incremental:  # a first fit: y's classes
+        if len(labels) < 2:
+            raise ValueError(
+                "ASTClassifier needs samples of at least 2 classes in y; got "
+                f"1 class: {labels!r}"
+            )
+        return Targets(torch.from_numpy(inverse.astype(np.int64)), labels, False)
+    known = _known_classes(fitted, classes)
+    unseen = labels[~np.isin(labels, known)]
+    if len(unseen):
+        raise ValueError(
+            f"y holds labels {unseen.tolist()!r} that are not in classes "
+            f"{known.tolist()!r}"
+        )
+    indices = np.searchsorted(known, y).astype(np.int64)
+    return Targets(torch.from_numpy(indices), known, False)
+
+
+def _label_array(y, n_clips) -> np.ndarray:
+    """``y`` as a 1-D array of labels or a 2-D indicator matrix of ``n_clips`` rows."""
     if y is None:
         raise ValueError(
             "This ASTClassifier estimator requires y to be passed, but the "
@@ -53,34 +113,45 @@ def encode_targets(y, n_clips, *, fitted=None, incremental=False, classes=None):
         raise ValueError(
             f"X has {n_clips} clips but y has {y.shape[0]} labels; they must be as many"
         )
-    if multilabel:
-        if going_on and len(fitted_classes) != y.shape[1]:
-            raise ValueError(
-                f"y has {y.shape[1]} labels but the model was fitted with "
-                f"{len(fitted_classes)}"
-            )
-        n_labels = y.shape[1]
-        if incremental and not going_on:
-            first_call_classes(classes)
-            if len(np.unique(classes)) != n_labels:
-                raise ValueError(
-                    f"classes has {len(np.unique(classes))} entries but the "
-                    f"multi-label y has {n_labels} columns"
-                )
-        if going_on and not fitted_multilabel:
-            raise ValueError("the model was fitted on single-label y")
-        targets = torch.from_numpy(np.ascontiguousarray(y != 0, dtype=np.uint8))
-        return targets, np.arange(n_labels), True, y.dtype
+    return y
 
+
+def _indicator_columns(n_labels, fitted, incremental, classes) -> int:
+    """Check an indicator matrix's ``n_labels`` columns against the fitted
+    model or partial_fit's first ``classes``."""
+    if fitted is not None and len(fitted[0]) != n_labels:
+        raise ValueError(
+            f"y has {n_labels} labels but the model was fitted with {len(fitted[0])}"
+        )
+    if incremental and fitted is None:
+        require_classes(classes)
+        if len(np.unique(classes)) != n_labels:
+            raise ValueError(
+                f"classes has {len(np.unique(classes))} entries but the "
+                f"multi-label y has {n_labels} columns"
+            )
+    if fitted is not None and not fitted[1]:
+        raise ValueError("the model was fitted on single-label y")
+    return n_labels
+
+
+def _unique_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted labels of single-label ``y`` and each clip's index into them."""
     check_no_missing(y)
     check_classification_targets(y)
     try:
-        labels, inverse = np.unique(y, return_inverse=True)
+        return np.unique(y, return_inverse=True)
     except TypeError as err:
         raise ValueError(
             f"y mixes labels of types that cannot be compared: {err}"
         ) from err
-    if going_on:
+
+
+def _known_classes(fitted, classes) -> np.ndarray:
+    """The classes of a partial_fit: the fitted model's (``classes``, when
+    given, must be them), or on the first call ``classes`` themselves."""
+    if fitted is not None:
+        fitted_classes, fitted_multilabel = fitted
         if fitted_multilabel:
             raise ValueError("the model was fitted on multi-label y")
         if classes is not None and not equal(np.unique(classes), fitted_classes):
@@ -88,47 +159,29 @@ def encode_targets(y, n_clips, *, fitted=None, incremental=False, classes=None):
                 f"classes={classes!r} is not the classes_ of the first call, "
                 f"{fitted_classes!r}"
             )
-        new_classes = fitted_classes
-    elif incremental:
-        first_call_classes(classes)
-        new_classes = np.unique(column_or_1d(np.asarray(classes)))
-        if len(new_classes) < 2:
-            raise ValueError(
-                f"ASTClassifier needs at least 2 classes; got classes={new_classes!r}"
-            )
-    else:
-        new_classes = labels
-        if len(labels) < 2:
-            raise ValueError(
-                "ASTClassifier needs samples of at least 2 classes in y; got "
-                f"1 class: {labels!r}"
-            )
-        return torch.from_numpy(inverse.astype(np.int64)), labels, False, None
-    unseen = labels[~np.isin(labels, new_classes)]
-    if len(unseen):
+        return fitted_classes
+    require_classes(classes)
+    known = np.unique(column_or_1d(np.asarray(classes)))
+    if len(known) < 2:
         raise ValueError(
-            f"y holds labels {unseen.tolist()!r} that are not in classes "
-            f"{new_classes.tolist()!r}"
+            f"ASTClassifier needs at least 2 classes; got classes={known!r}"
         )
-    idx = np.searchsorted(new_classes, y)
-    return torch.from_numpy(idx.astype(np.int64)), new_classes, False, None
+    return known
 
 
-def class_weights(class_weight, targets, classes, multilabel):
+def class_weights(class_weight, targets: Targets):
     """Per-class loss weights (a float32 tensor) for ``class_weight``, or None."""
     if class_weight is None:
         return None
-    if multilabel:
+    if targets.multilabel:
         raise ValueError("class_weight is only supported for single-label y")
+    y_idx, classes = targets.values.numpy(), targets.classes
     if isinstance(class_weight, str):
-        y_idx = targets.numpy()
         weights = compute_class_weight(
             "balanced", classes=np.arange(len(classes)), y=y_idx
         )
     else:
-        weights = compute_class_weight(
-            class_weight, classes=classes, y=classes[targets.numpy()]
-        )
+        weights = compute_class_weight(class_weight, classes=classes, y=classes[y_idx])
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
@@ -138,7 +191,7 @@ def equal(a, b) -> bool:
     return a.shape == b.shape and bool(np.all(a == b))
 
 
-def first_call_classes(classes):
+def require_classes(classes) -> None:
     """``partial_fit``'s first call must name every class."""
     if classes is None:
         raise ValueError("classes must be passed on the first call to partial_fit")

@@ -1,39 +1,52 @@
-"""The fine-tuning loop of :class:`skast.ASTClassifier`.
+"""The fine-tuning loop of :class:`skast.ASTClassifier`, in one place.
 
 The AST paper's recipe (reference/ast.md 2.5-2.6): Adam with weight decay
 5e-7 and betas (0.95, 0.999), an optional step warm-up, a ``MultiStepLR``
-decay stepped once per epoch, SpecAugment and mixup. The features are
-computed once per fit by the estimator and kept on the CPU; each batch is
-moved to the device and augmented there. Nothing here knows of scikit-learn.
+decay stepped once per epoch, SpecAugment and mixup (:mod:`skast._augment`).
+The features are computed once per fit by the estimator and kept on the CPU;
+each batch is moved to the device and augmented there.
+
+:func:`train` is the whole loop, as scikit-learn's ``_fit_stochastic`` of
+the MLP is: epochs, validation, early stopping
+(:class:`skast._stopping.EarlyStopping`),
+Ctrl-C (:class:`skast._stopping.Interrupt`), freezing
+(:func:`skast._freezing.frozen`). It takes one
+:class:`TrainingConfig` and knows nothing of the estimator.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
+import dataclasses
+import time
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skast import _features
-from skast._model import AST
-from skast._runtime import autocast, evaluate, retry_halving_on_oom
+from skast import _augment
+from skast._features import normalize
+from skast._freezing import frozen, training_mode
+from skast._runtime import autocast, evaluate, progress_bar, retry_halving_on_oom
+from skast._stopping import EarlyStopping, Interrupt, split, validation_score
 
 __all__ = [
     "Trainer",
+    "TrainingConfig",
+    "TrainingResult",
     "derive_seed",
+    "forked_rng",
     "seed_torch",
-    "set_trainable",
-    "sigint_flag",
+    "train",
+    "warmup_lr",
 ]
 
 #: The original raises the warm-up learning rate every this many steps.
 WARMUP_PERIOD = 50
 #: ... and its MultiStepLR milestones are ``range(start, 1000, every)``.
 LAST_MILESTONE = 1000
+#: :func:`derive_seed` key of an epoch's seed (dropout, order, augmentation).
+EPOCH_SEED = 2
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -52,68 +65,53 @@ def seed_torch(seed: int, device: torch.device) -> None:
         torch.mps.manual_seed(seed)
 
 
-# --------------------------------------------------------------------------- freezing
+def forked_rng(device: torch.device):
+    """A context in which the global generators of the CPU and ``device`` may
+    be seeded: their states are restored on exit."""
+    devices = [] if device.type == "cpu" else [device.index or 0]
+    device_type = "cuda" if device.type == "cpu" else device.type
+    return torch.random.fork_rng(devices=devices, device_type=device_type)
 
 
-def _frozen_modules(model: AST, freeze) -> list[torch.nn.Module]:
-    if freeze is None:
-        return []
-    if freeze == "encoder":
-        return [m for name, m in model.named_children() if name != "head"]
-    return [model.patch_embed, model.pos_drop, *model.blocks[:freeze]]
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Everything a fit's loop reads: the classifier's resolved parameters
+    (its recipe filled in) and what its set-up decided."""
 
+    learning_rate: float
+    weight_decay: float
+    betas: tuple[float, float]
+    max_epochs: int
+    batch_size: int
+    warmup_steps: int
+    lr_decay_start: int
+    lr_decay_every: int
+    lr_decay: float
+    freqm: int
+    timem: int
+    mixup: float
+    freeze: str | int | None
+    early_stopping: bool
+    validation_fraction: float
+    n_iter_no_change: int
+    tol: float
+    verbose: bool
+    # decided by the set-up
+    multilabel: bool
+    normalization: tuple[float, float]
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    seed: int
 
-def set_trainable(model: AST, freeze) -> list[torch.nn.Parameter]:
-    """Freeze what ``freeze`` says; return the parameters left to train.
-
-    ``None``: nothing; ``"encoder"``: all but the head; an int ``k``: the
-    patch embedding, the two tokens, the position embedding and the first
-    ``k`` blocks.
-    """
-    for p in model.parameters():
-        p.requires_grad_(True)
-    frozen = [p for m in _frozen_modules(model, freeze) for p in m.parameters()]
-    if freeze is not None:
-        frozen += [model.cls_token, model.dist_token, model.pos_embed]
-    for p in frozen:
-        p.requires_grad_(False)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def _train_mode(model: AST, freeze) -> None:
-    """Training mode, with the frozen modules in eval mode (no dropout)."""
-    model.train()
-    for m in _frozen_modules(model, freeze):
-        m.eval()
-
-
-# --------------------------------------------------------------------------- Ctrl-C
-
-
-@contextlib.contextmanager
-def sigint_flag() -> Iterator[dict]:
-    """Turn the first Ctrl-C into a flag (``state["hit"]``) the loop checks.
-
-    A second Ctrl-C raises :class:`KeyboardInterrupt` at once. Only in the
-    main thread (signal handlers cannot be set elsewhere); the previous
-    handler is restored on exit.
-    """
-    state = {"hit": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-
-    def handler(signum, frame):
-        if state["hit"]:
-            raise KeyboardInterrupt
-        state["hit"] = True
-
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    @classmethod
+    def from_params(cls, params: Mapping, **decided) -> TrainingConfig:
+        """The config of ``params`` (every parameter of the estimator; those
+        that are not fields are left out) and the ``decided`` fields."""
+        names = {f.name for f in dataclasses.fields(cls)} - set(decided)
+        values = {k: v for k, v in params.items() if k in names}
+        values["betas"] = tuple(values["betas"])
+        values["verbose"] = bool(values["verbose"])
+        return cls(**values, **decided)
 
 
 # --------------------------------------------------------------------------- losses
@@ -137,67 +135,60 @@ def binary_cross_entropy(
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
-# --------------------------------------------------------------------------- trainer
+def warmup_lr(step: int, warmup_steps: int, learning_rate: float) -> float | None:
+    """The original warm-up's learning rate at ``step``, or None to leave it.
+
+    src/traintest.py: every 50 steps up to ``warmup_steps``,
+    ``lr = step / warmup_steps * learning_rate`` (so 0 for the first 50
+    steps); also at ``warmup_steps`` itself, so that a count that is not a
+    multiple of 50 still ends at the full rate.
+
+    Examples
+    --------
+    >>> from skast._training import warmup_lr
+    >>> [warmup_lr(s, 120, 1.0) for s in (0, 1, 50, 100, 119, 120, 150)]
+    [0.0, None, 0.4166666666666667, 0.8333333333333334, None, 1.0, None]
+    """
+    if warmup_steps and step <= warmup_steps:
+        if step % WARMUP_PERIOD == 0 or step == warmup_steps:
+            return step / warmup_steps * learning_rate
+    return None
+
+
+# --------------------------------------------------------------------------- steps
 
 
 class Trainer:
-    """Adam, the warm-up, the learning-rate schedule and the augmentations.
+    """Adam, the warm-up, the learning-rate schedule, the augmentations and
+    the optimizer steps of one fit.
 
-    One :meth:`epoch` is one pass over the training clips in a random order.
     :meth:`state_dict` / :meth:`load_state_dict` carry the optimizer, the
     schedule and the step count between ``partial_fit`` calls (on the CPU).
     """
 
-    def __init__(
-        self,
-        model: AST,
-        *,
-        device: torch.device,
-        autocast_dtype: torch.dtype | None,
-        multilabel: bool,
-        class_weight: torch.Tensor | None,
-        learning_rate: float,
-        weight_decay: float,
-        betas: tuple[float, float],
-        warmup_steps: int,
-        lr_decay_start: int,
-        lr_decay_every: int,
-        lr_decay: float,
-        batch_size: int,
-        freqm: int,
-        timem: int,
-        mixup: float,
-        fill: float,
-        freeze,
-    ):
-        self.model = model
-        self.device = device
-        self.autocast_dtype = autocast_dtype
-        self.multilabel = multilabel
-        self.loss_fn = binary_cross_entropy if multilabel else soft_cross_entropy
+    def __init__(self, model, parameters, config: TrainingConfig, class_weight=None):
+        self.model, self.config = model, config
+        device = self.device = config.device
+        self.loss_fn = binary_cross_entropy if config.multilabel else soft_cross_entropy
         self.class_weight = None if class_weight is None else class_weight.to(device)
-        self.learning_rate = learning_rate
-        self.warmup_steps = warmup_steps
-        self.batch_size = batch_size
-        self.freqm, self.timem, self.mixup, self.fill = freqm, timem, mixup, fill
-        self.freeze = freeze
-        params = set_trainable(model, freeze)
+        # SpecAugment's value: a log-mel energy of 0, normalised
+        self.fill = float(normalize(torch.tensor(0.0), *config.normalization))
         # one fused kernel per step on CUDA: the same update as the default
         # for-each implementation, to rounding
         self.optimizer = torch.optim.Adam(
-            params,
-            lr=learning_rate,
-            weight_decay=weight_decay,
-            betas=tuple(betas),
+            parameters,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            betas=config.betas,
             fused=device.type == "cuda",
         )
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer,
-            list(range(lr_decay_start, LAST_MILESTONE, lr_decay_every)),
-            gamma=lr_decay,
+            list(range(config.lr_decay_start, LAST_MILESTONE, config.lr_decay_every)),
+            gamma=config.lr_decay,
         )
         self.scaler = torch.amp.GradScaler(
-            device.type, enabled=autocast_dtype == torch.float16
+            device.type, enabled=config.autocast_dtype == torch.float16
         )
         self.global_step = 0
         # after a device out-of-memory error, the size of the pieces a batch is
@@ -236,34 +227,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _warm_up(self) -> None:
-        """The original warm-up (src/traintest.py): every 50 steps up to
-        ``warmup_steps``, ``lr = step / warmup_steps * learning_rate`` (so 0
-        for the first 50 steps). Also at ``warmup_steps`` itself, so that a
-        count that is not a multiple of 50 still ends at the full rate."""
-        step, total = self.global_step, self.warmup_steps
-        if total and step <= total and (step % WARMUP_PERIOD == 0 or step == total):
-            for group in self.optimizer.param_groups:
-                group["lr"] = step / total * self.learning_rate
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        if self.freeze == "encoder":  # no graph through the frozen encoder
-            with torch.no_grad():
-                pooled = model.pool(model.forward_features(x))
-            return model.forward_head(pooled)
-        return model(x)
+    def run(self, features, targets, order, generator, progress, interrupt) -> None:
+        """Optimizer steps over the CPU ``features`` at ``order``, a batch at
+        a time, in training mode; stops after the batch during which an
+        interrupt is requested. ``targets`` are class indices (single-label)
+        or an indicator matrix."""
+        config, device = self.config, self.device
+        n_classes = self.model.config.num_labels
+        with training_mode(self.model, config.freeze):
+            for start in range(0, len(order), config.batch_size):
+                idx = order[start : start + config.batch_size]
+                x = features[idx].to(device, non_blocking=True)
+                t = targets[idx].to(device, non_blocking=True)
+                t = _dense(t, n_classes, config.multilabel)
+                x, t = self.augment(x, t, generator)
+                progress.add(self.step(x, t), len(idx))
+                if interrupt.requested:
+                    return
 
     def augment(
         self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup, then SpecAugment on the mix, as the original dataloader
         (which mixes the waveforms, then masks the fbank of the mix)."""
-        if self.mixup > 0:
-            x, t = _features.mixup(x, t, self.mixup, generator=generator)
-        if self.freqm or self.timem:
-            x = _features.spec_augment(
-                x, self.freqm, self.timem, fill=self.fill, generator=generator
+        config = self.config
+        if config.mixup > 0:
+            x, t = _augment.mixup(x, t, config.mixup, generator=generator)
+        if config.freqm or config.timem:
+            x = _augment.spec_augment(
+                x, config.freqm, config.timem, fill=self.fill, generator=generator
             )
         return x, t
 
@@ -275,7 +267,12 @@ class Trainer:
         share of the batch), so the step is the same. Later steps start from
         the size that fitted (:attr:`micro_batch`).
         """
-        self._warm_up()
+        lr = warmup_lr(
+            self.global_step, self.config.warmup_steps, self.config.learning_rate
+        )
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         n = len(x)
 
         def whole_batch(size):  # from zero: a failed piece may leave gradients
@@ -296,94 +293,191 @@ class Trainer:
 
     def _backward(self, x: torch.Tensor, t: torch.Tensor, n: int) -> float:
         """Forward and backward of a piece of a batch of ``n``; its share of
-        the batch loss."""
-        with autocast(self.device, self.autocast_dtype):
-            logits = self._forward(x)
+        the batch loss. Frozen parameters require no gradient, so no graph is
+        built through a frozen encoder."""
+        with autocast(self.device, self.config.autocast_dtype):
+            logits = self.model(x)
         loss = self.loss_fn(logits.float(), t, self.class_weight)
         if len(x) != n:
             loss = loss * (len(x) / n)
         self.scaler.scale(loss).backward()
         return float(loss.detach())
 
-    def epoch(
-        self,
-        features: torch.Tensor,
-        targets: torch.Tensor,
-        generator: torch.Generator,
-        *,
-        indices: torch.Tensor | None = None,
-        stop: dict,
-        bar=None,
-    ) -> tuple[float, int, bool]:
-        """One pass over ``features`` (CPU, normalised) in a random order.
+    # ------------------------------------------------------------------ validation
 
-        ``targets`` are class indices (single-label) or an indicator matrix;
-        ``indices`` selects the training clips (``None``: all), so that a
-        validation split needs no copy of the features. Returns
-        ``(mean loss, examples seen, interrupted)``; an interruption
-        (``stop["hit"]`` set by Ctrl-C, or a :class:`KeyboardInterrupt`) ends
-        the epoch after the current batch. The schedule is not stepped.
-        """
-        _train_mode(self.model, self.freeze)
-        n_classes = self.model.config.num_labels
-        if indices is None:
-            order = torch.randperm(len(features), generator=generator)
-        else:
-            order = indices[torch.randperm(len(indices), generator=generator)]
-        total, seen, interrupted = 0.0, 0, False
-        try:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                x = features[idx].to(self.device, non_blocking=True)
-                t = targets[idx].to(self.device, non_blocking=True)
-                if self.multilabel:
-                    t = t.float()
-                else:
-                    t = F.one_hot(t, n_classes).float()
-                x, t = self.augment(x, t, generator)
-                loss = self.step(x, t)
-                total += loss * len(idx)
-                seen += len(idx)
-                if bar is not None:
-                    bar.update(len(idx))
-                    bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-                if stop["hit"]:
-                    interrupted = True
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            self.model.eval()
-        return (total / seen if seen else float("nan")), seen, interrupted
-
-    def end_epoch(self) -> None:
-        """Step the schedule, as the original does after each epoch."""
-        self.scheduler.step()
-
-    def logits(self, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Eval-mode float32 logits (on the CPU) of the CPU features at
-        ``indices``, through the one evaluation loop."""
+    def validate(self, features, targets, indices) -> tuple[float, float]:
+        """``(loss, score)`` of the clips at ``indices``, from their eval-mode
+        float32 logits through the one evaluation loop."""
+        size, multilabel = self.config.batch_size, self.config.multilabel
         batches = (
             (
-                range(start, min(start + self.batch_size, len(indices))),
-                features[indices[start : start + self.batch_size]].to(self.device),
+                range(start, min(start + size, len(indices))),
+                features[indices[start : start + size]].to(self.device),
             )
-            for start in range(0, len(indices), self.batch_size)
+            for start in range(0, len(indices), size)
         )
-        out = evaluate(
+        logits = evaluate(
             self.model,
             self.model,
             batches,
             len(indices),
             device=self.device,
-            dtype=self.autocast_dtype,
+            dtype=self.config.autocast_dtype,
         )
-        return torch.from_numpy(out)
-
-    def validation_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
-        if self.multilabel:
-            t = targets.float()
-        else:
-            t = F.one_hot(targets, logits.shape[1]).float()
+        logits, truth = torch.from_numpy(logits), targets[indices]
         cw = None if self.class_weight is None else self.class_weight.cpu()
-        return float(self.loss_fn(logits, t, cw))
+        t = _dense(truth, logits.shape[1], multilabel)
+        loss = float(self.loss_fn(logits, t, cw))
+        return loss, validation_score(logits, truth, multilabel)
+
+
+def _dense(targets: torch.Tensor, n_classes: int, multilabel) -> torch.Tensor:
+    """Float targets for the loss: one-hot class indices, or the indicator."""
+    return targets.float() if multilabel else F.one_hot(targets, n_classes).float()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+    """What :func:`train` leaves besides the model and the history."""
+
+    #: whether Ctrl-C (or a KeyboardInterrupt) ended the training
+    interrupted: bool
+    #: the early stopping of a fit with validation, else None
+    early_stopping: EarlyStopping | None
+    #: the optimizer, schedule and step count, for the next partial_fit
+    optimizer_state: dict | None
+
+
+def train(
+    model,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    config: TrainingConfig,
+    history: list,
+    *,
+    class_weight: torch.Tensor | None = None,
+    optimizer_state: dict | None = None,
+    incremental: bool = False,
+) -> TrainingResult:
+    """Train ``model`` on the CPU ``features``; append a record per epoch
+    to ``history``.
+
+    ``max_epochs`` epochs (one if ``incremental``, going on from
+    ``optimizer_state``); with ``early_stopping`` (not incremental), on a
+    stratified split, until the validation score stops improving, and the
+    model ends with the best epoch's weights. Ctrl-C stops after the current
+    batch; the model keeps its weights (the best ones with validation).
+    """
+    validate = config.early_stopping and not incremental
+    with frozen(model, config.freeze) as parameters, Interrupt() as interrupt:
+        trainer = Trainer(model, parameters, config, class_weight)
+        if optimizer_state is not None:
+            trainer.load_state_dict(optimizer_state)
+        train_idx = valid_idx = stopping = None
+        if validate:
+            train_idx, valid_idx = split(
+                targets, config.validation_fraction, config.multilabel, config.seed
+            )
+            stopping = EarlyStopping(config.tol, config.n_iter_no_change)
+        for _ in range(1 if incremental else config.max_epochs):
+            epoch = len(history) + 1
+            record = _epoch(
+                trainer, features, targets, train_idx, valid_idx, epoch, interrupt
+            )
+            if record is None:  # interrupted before a batch was done
+                break
+            history.append(record)
+            if config.verbose:
+                _report(record)
+            if interrupt.requested:
+                break
+            if stopping is not None and stopping.update(
+                record["valid_score"], epoch, model
+            ):
+                break
+    if stopping is not None and stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
+    state = trainer.state_dict() if incremental else None
+    return TrainingResult(interrupt.requested, stopping, state)
+
+
+def _epoch(
+    trainer, features, targets, train_idx, valid_idx, epoch, interrupt
+) -> dict | None:
+    """One epoch and its validation: its history record, or None if it was
+    interrupted before a batch was done."""
+    config = trainer.config
+    seed = derive_seed(config.seed, EPOCH_SEED, epoch)
+    seed_torch(seed, config.device)  # dropout
+    generator = torch.Generator().manual_seed(seed)  # order, augmentation
+    if train_idx is None:
+        order = torch.randperm(len(features), generator=generator)
+    else:
+        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+    record = {
+        "epoch": epoch,
+        "train_loss": None,
+        "valid_loss": None,
+        "valid_score": None,
+        "learning_rate": None,
+        "seconds": None,
+    }
+    progress = _Progress(len(order), config.verbose, f"epoch {epoch}")
+    start = time.perf_counter()
+    try:
+        with progress:
+            trainer.run(features, targets, order, generator, progress, interrupt)
+        record["learning_rate"] = trainer.lr
+        if not interrupt.requested:
+            trainer.scheduler.step()  # once per epoch, as the original
+            if valid_idx is not None:
+                loss, score = trainer.validate(features, targets, valid_idx)
+                record.update(valid_loss=loss, valid_score=score)
+    except KeyboardInterrupt:
+        interrupt.requested = True
+    if not progress.seen:
+        return None
+    record["train_loss"] = progress.mean_loss
+    if record["learning_rate"] is None:
+        record["learning_rate"] = trainer.lr
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+class _Progress:
+    """An epoch's running loss, and its progress bar (closed on exit)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.bar = progress_bar(total=total, enabled=enabled, desc=desc)
+        self.total_loss, self.seen = 0.0, 0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.total_loss / self.seen if self.seen else float("nan")
+
+    def add(self, loss: float, n: int) -> None:
+        self.total_loss += loss * n
+        self.seen += n
+        self.bar.update(n)
+        self.bar.set_postfix(loss=f"{self.mean_loss:.4f}", refresh=False)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _report(record: dict) -> None:
+    from tqdm.auto import tqdm
+
+    parts = [f"epoch {record['epoch']}", f"train_loss={record['train_loss']:.4f}"]
+    if record["valid_score"] is not None:
+        parts.append(f"valid_loss={record['valid_loss']:.4f}")
+        parts.append(f"valid_score={record['valid_score']:.4f}")
+    parts.append(f"lr={record['learning_rate']:.3g}")
+    parts.append(f"{record['seconds']:.1f}s")
+    tqdm.write(", ".join(parts))

@@ -1,8 +1,10 @@
-"""ASTClassifier: it learns, it follows scikit-learn's rules, it survives Ctrl-C."""
+"""ASTClassifier: it learns, it follows scikit-learn's rules, it persists.
 
-import os
+The training loop itself (schedule, augmentation, early stopping, Ctrl-C) is
+tested in tests/test_training.py.
+"""
+
 import pickle
-import signal
 import warnings
 
 import joblib
@@ -14,9 +16,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
 
-from skast import ASTClassifier, _features
+from skast import ASTClassifier
 from skast._recipes import NORM_STATS
-from skast._training import Trainer
 
 SR = 16000
 TINY = dict(
@@ -213,7 +214,7 @@ def test_fit_leaves_the_global_random_state_alone(data):
     assert np.random.get_state()[1].tolist() == np_state[1].tolist()  # noqa: NPY002
 
 
-# ---------------------------------------------------------------- recipe and schedule
+# ---------------------------------------------------------------- recipe
 
 
 def test_recipe_fills_in_defaults_only(data):
@@ -239,215 +240,6 @@ def test_recipe_fills_in_defaults_only(data):
     audioset = ASTClassifier(recipe="audioset")._resolve_recipe()
     assert audioset["warmup_steps"] == 1000 and audioset["lr_decay"] == 0.5
     assert (audioset["timem"], audioset["max_length"]) == (192, 1024)
-
-
-def test_step_decay_per_epoch(data):
-    X, y = data
-    clf = make(max_epochs=5, lr_decay_start=2, lr_decay_every=2, lr_decay=0.5)
-    clf.fit(X, y)
-    lrs = [h["learning_rate"] for h in clf.history_]
-    # MultiStepLR(milestones=range(2, 1000, 2)) stepped after each epoch
-    assert_allclose(lrs, [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
-
-
-def trainer(**params):
-    base = dict(
-        device=torch.device("cpu"),
-        autocast_dtype=None,
-        multilabel=False,
-        class_weight=None,
-        learning_rate=1e-3,
-        weight_decay=0.0,
-        betas=(0.95, 0.999),
-        warmup_steps=0,
-        lr_decay_start=5,
-        lr_decay_every=1,
-        lr_decay=0.85,
-        batch_size=4,
-        freqm=0,
-        timem=0,
-        mixup=0.0,
-        fill=0.0,
-        freeze=None,
-    )
-    return Trainer(torch.nn.Linear(2, 2), **{**base, **params})
-
-
-def test_warm_up_as_the_original():
-    t = trainer(warmup_steps=1000)
-    lrs = []
-    for step in range(1200):
-        t.global_step = step
-        t._warm_up()
-        lrs.append(t.lr)
-    # src/traintest.py: every 50 steps up to 1000, lr = step / 1000 * lr
-    expected = [min(s // 50 * 50, 1000) / 1000 * 1e-3 for s in range(1200)]
-    assert_allclose(lrs, expected)
-    t = trainer(warmup_steps=120)  # not a multiple of 50: still ends at lr
-    t.global_step = 120
-    t._warm_up()
-    assert t.lr == 1e-3
-    t = trainer()  # no warm-up
-    t._warm_up()
-    assert t.lr == 1e-3
-
-
-def test_warm_up_in_fit(data, monkeypatch):
-    X, y = data
-    seen = []
-    step = Trainer.step
-
-    def spy(self, x, t):
-        loss = step(self, x, t)
-        seen.append(self.lr)
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", spy)
-    make(warmup_steps=1, max_epochs=1).fit(X, y)
-    assert seen[0] == 0 and seen[1:] == [1e-3] * (len(seen) - 1)
-
-
-# ---------------------------------------------------------------- augmentation and features
-
-
-def test_features_once_per_fit_and_augmentation_on_the_fly(data, monkeypatch):
-    X, y = data
-    counts = {"fbank": 0}
-    fills, mixed = [], []
-    fbank, spec_augment, mixup = (
-        _features.fbank,
-        _features.spec_augment,
-        _features.mixup,
-    )
-
-    def count_fbank(*args, **kwargs):
-        counts["fbank"] += 1
-        return fbank(*args, **kwargs)
-
-    def spy_mask(x, freqm, timem, *, fill, generator):
-        fills.append((freqm, timem, fill))
-        return spec_augment(x, freqm, timem, fill=fill, generator=generator)
-
-    def spy_mix(x, t, p, *, generator):
-        mixed.append(p)
-        return mixup(x, t, p, generator=generator)
-
-    monkeypatch.setattr(_features, "fbank", count_fbank)
-    monkeypatch.setattr(_features, "spec_augment", spy_mask)
-    monkeypatch.setattr(_features, "mixup", spy_mix)
-    clf = make(max_epochs=3, freqm=10, timem=5, mixup=0.3, batch_size=4).fit(X, y)
-    n_batches = 3 * -(-len(X) // 4)
-    assert counts["fbank"] == -(-len(X) // 4)  # one pass over the clips
-    mean, std = clf.normalization_
-    assert fills == [(10, 5, pytest.approx((0 - mean) / (2 * std)))] * n_batches
-    assert mixed == [0.3] * n_batches
-    counts["fbank"] = 0
-    clf.predict(X)  # no augmentation at prediction time
-    assert len(fills) == n_batches and counts["fbank"] == -(-len(X) // 4)
-
-
-# ---------------------------------------------------------------- early stopping
-
-
-def test_early_stopping_keeps_the_best_weights(data, monkeypatch):
-    X, y = sounds(6, seed=4, classes=CLASSES[:3], duration=(0.2, 0.3))
-    scores = iter([0.5, 0.9, 0.2, 0.3, 0.4, 0.1, 0.1, 0.1])
-    weights = []
-    validation_score = ASTClassifier._validation_score
-
-    def scripted(self, logits, targets):
-        validation_score(self, logits, targets)
-        weights.append(self.model_.head[1].weight.detach().clone())
-        return next(scores)
-
-    monkeypatch.setattr(ASTClassifier, "_validation_score", scripted)
-    clf = make(
-        early_stopping=True, validation_fraction=0.25, n_iter_no_change=2, max_epochs=8
-    ).fit(X, y)
-    # no improvement over 0.9 for 3 (> n_iter_no_change) epochs: stop after 5
-    assert clf.n_iter_ == 5 and clf.validation_scores_ == [0.5, 0.9, 0.2, 0.3, 0.4]
-    assert clf.best_validation_score_ == 0.9
-    assert torch.equal(clf.model_.head[1].weight, weights[1])
-    assert [h["valid_score"] for h in clf.history_] == clf.validation_scores_
-    assert all(h["valid_loss"] > 0 for h in clf.history_)
-
-
-def test_early_stopping_split_is_stratified(data, monkeypatch):
-    X, y = sounds(10, seed=5, classes=CLASSES[:2], duration=(0.2, 0.3))
-    sizes = []
-    epoch = Trainer.epoch
-
-    def spy(self, features, targets, *args, indices, **kwargs):
-        sizes.append(
-            np.bincount(targets[indices].numpy()) if indices is not None else None
-        )
-        return epoch(self, features, targets, *args, indices=indices, **kwargs)
-
-    monkeypatch.setattr(Trainer, "epoch", spy)
-    clf = make(early_stopping=True, validation_fraction=0.2, max_epochs=1).fit(X, y)
-    assert_array_equal(sizes[0], [8, 8])
-    assert clf.history_[0]["valid_score"] is not None
-    assert make().fit(X, y).best_validation_score_ is None
-
-
-# ---------------------------------------------------------------- Ctrl-C
-
-
-def _interrupt_after(monkeypatch, n, how):
-    calls = []
-    step = Trainer.step
-
-    def interrupting(self, x, t):
-        calls.append(1)
-        if how == "raise" and len(calls) == n + 1:
-            raise KeyboardInterrupt
-        loss = step(self, x, t)
-        if how == "signal" and len(calls) == n:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", interrupting)
-    return calls
-
-
-def test_sigint_stops_after_the_current_batch(data, monkeypatch):
-    X, y = data
-    before = signal.getsignal(signal.SIGINT)
-    calls = _interrupt_after(monkeypatch, 2, "signal")
-    clf = make(max_epochs=5, batch_size=2)
-    with pytest.warns(UserWarning, match="interrupted.*current weights"):
-        clf.fit(X, y)
-    assert len(calls) == 2
-    assert signal.getsignal(signal.SIGINT) is before
-    assert clf.n_iter_ == 1 and clf.history_[0]["valid_score"] is None
-    assert clf.predict(X).shape == (len(X),)  # fitted and usable
-
-
-def test_keyboard_interrupt_keeps_the_best_weights(monkeypatch):
-    X, y = sounds(6, seed=6, classes=CLASSES[:3], duration=(0.2, 0.3))
-    scores = iter([0.8, 0.4, 0.3])
-    monkeypatch.setattr(
-        ASTClassifier, "_validation_score", lambda self, logits, t: next(scores)
-    )
-    clf = make(
-        early_stopping=True, validation_fraction=0.25, batch_size=4, max_epochs=5
-    )
-    n_batches = -(-int(len(X) * 0.75) // 4)
-    best = {}
-    end_epoch = Trainer.end_epoch
-
-    def remember(self):
-        end_epoch(self)
-        best.setdefault("head", self.model.head[1].weight.detach().clone())
-
-    monkeypatch.setattr(Trainer, "end_epoch", remember)
-    calls = _interrupt_after(monkeypatch, 2 * n_batches + 1, "raise")
-    with pytest.warns(UserWarning, match="best validation epoch \\(1\\)"):
-        clf.fit(X, y)
-    assert len(calls) == 2 * n_batches + 2
-    assert clf.n_iter_ == 3 and clf.best_validation_score_ == 0.8
-    assert torch.equal(clf.model_.head[1].weight, best["head"])
-    assert clf.predict_proba(X).shape == (len(X), 3)
 
 
 # ---------------------------------------------------------------- partial_fit, warm_start

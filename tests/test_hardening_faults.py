@@ -4,7 +4,7 @@ one embedding cache.
 
 Already tested elsewhere: ``load_checkpoint`` on truncated files, wrong
 shapes and pickles carrying code (tests/test_checkpoints.py), Ctrl-C during
-the epochs (tests/test_classifier.py), interrupted downloads
+the epochs (tests/test_training.py), interrupted downloads
 (tests/test_datasets.py), atomic cache writes and processes embedding the
 same clips into one cache (tests/test_featurizer.py). Here: the same through
 the estimators and the command line, and what those tests leave out.
@@ -23,14 +23,14 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from skast import ASTClassifier, ASTFeaturizer, _features
+from skast import ASTClassifier, ASTFeaturizer
 from skast._audio import check_audio_input
 from skast._featurizer import _safe_name
 from skast._model import AST, ASTConfig
-from skast._training import Trainer
 from skast.cli import main
 from tests.conftest import TINY
 from tests.test_hardening import FAST, assert_unchanged, snapshot
+from tests.test_training import FeaturePasses, InterruptAt
 
 SR = 16000
 LABELS = np.array(["a", "b"] * 4)
@@ -242,7 +242,7 @@ def test_oom_on_a_single_clip_in_fit_leaves_the_estimator(oom):
 # ---------------------------------------------------------------- interruptions
 
 
-def test_interrupted_feature_extraction_keeps_the_fitted_model(monkeypatch):
+def test_interrupted_feature_extraction_keeps_the_fitted_model():
     """Ctrl-C before the epochs (while the features are computed) raises
     KeyboardInterrupt, and the estimator keeps its previous fit."""
     X = clips(8)
@@ -250,43 +250,26 @@ def test_interrupted_feature_extraction_keeps_the_fitted_model(monkeypatch):
     est = featurizer(normalize="fit").fit(X)
     proba = clf.predict_proba(X)
     snaps = snapshot(clf), snapshot(est)
-    original, calls = _features.fbank, []
-
-    def interrupted(*args, **kw):
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return original(*args, **kw)
-
-    monkeypatch.setattr(_features, "fbank", interrupted)
     for fit in (lambda: clf.fit(X, LABELS), lambda: est.fit(X)):
-        calls.clear()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt), FeaturePasses(KeyboardInterrupt()):
             fit()
-    monkeypatch.undo()
     assert_unchanged(clf, snaps[0])
     assert_unchanged(est, snaps[1])
     assert_array_equal(clf.predict_proba(X), proba)
     fresh = featurizer(normalize="fit")
     params = dict(fresh.__dict__)
-    monkeypatch.setattr(_features, "fbank", interrupted)
-    calls.clear()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), FeaturePasses(KeyboardInterrupt()):
         fresh.fit(X)
     assert fresh.__dict__ == params  # not half-fitted
 
 
-def test_interrupted_first_batch_gives_a_usable_model(monkeypatch):
+def test_interrupted_first_batch_gives_a_usable_model():
     """Ctrl-C during the very first optimizer step: fitted, with 0 epochs
     and the initial weights, and it predicts."""
-
-    def interrupted(self, x, t):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "step", interrupted)
     X = clips(8)
-    with pytest.warns(UserWarning, match=r"interrupted .* after 0 epoch"):
-        clf = classifier().fit(X, LABELS)
+    with InterruptAt(1, "raise").hooks():
+        with pytest.warns(UserWarning, match=r"interrupted .* after 0 epoch"):
+            clf = classifier().fit(X, LABELS)
     assert clf.n_iter_ == 0 and clf.history_ == []
     proba = clf.predict_proba(X)
     assert proba.shape == (8, 2) and np.isfinite(proba).all()

@@ -1,0 +1,377 @@
+"""skast._training: the fine-tuning loop, seen from outside.
+
+The tests watch and steer a fit only through public seams:
+
+- torch's global optimizer-step hooks (:func:`optimizer_steps`): the learning
+  rate of each step, and faults (a ``KeyboardInterrupt`` or a Ctrl-C) at a
+  chosen step;
+- torch's global module forward hook, for the AST modules (:func:`ast_forward`):
+  what the model is given in training and in eval mode, and, in eval mode
+  (validation), logits that script the validation score (:class:`ScriptedScores`);
+- a :class:`torch.overrides.TorchFunctionMode` over the feature path's FFT
+  (:class:`FeaturePasses`): how often the features are computed;
+- the public fitted ``model_``'s forward hooks, with ``warm_start``.
+
+The clips of :func:`toned` are tones whose class can be read from the
+features the model is given (:func:`class_of`), so that a hook knows the
+truth of the clips it sees.
+"""
+
+import contextlib
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from torch.nn.modules.module import register_module_forward_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.overrides import TorchFunctionMode
+
+from skast._model import AST
+from skast._training import WARMUP_PERIOD, warmup_lr
+from tests.test_classifier import make
+
+SR = 16000
+TONES = (300.0, 1500.0, 5000.0)  # Hz: mel bins about 16, 57 and 106 of 128
+
+
+def toned(n_per_class, seed, n_classes=3, seconds=0.5):
+    """Clips of a tone per class (labels "a", "b", "c") with a little noise,
+    in a random order; longer than the model's 32 frames."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    X, y = [], []
+    for _ in range(n_per_class):
+        for k in range(n_classes):
+            w = rng.uniform(0.3, 0.8) * np.sin(2 * np.pi * TONES[k] * t)
+            X.append((w + 0.01 * rng.standard_normal(len(t))).astype(np.float32))
+            y.append("abc"[k])
+    order = rng.permutation(len(X))
+    return [X[i] for i in order], np.array(y)[order]
+
+
+def class_of(x: torch.Tensor) -> torch.Tensor:
+    """The class index of each clip of :func:`toned` from its features
+    ``(B, frames, mel bins)``: which tone's mel bin is the loudest."""
+    loudest = x.float().mean(1).argmax(-1)
+    return (loudest > 36).long() + (loudest > 81).long()
+
+
+@contextlib.contextmanager
+def optimizer_steps(pre=None, post=None):
+    """torch's global optimizer-step hooks ``(optimizer, args, kwargs)``
+    for the block."""
+    handles = []
+    if pre is not None:
+        handles.append(register_optimizer_step_pre_hook(pre))
+    if post is not None:
+        handles.append(register_optimizer_step_post_hook(post))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def ast_forward(hook):
+    """``hook(model, x, logits)`` on every forward of an AST in the block
+    (torch's global forward hook); what it returns replaces the logits."""
+
+    def on_forward(module, args, output):
+        if isinstance(module, AST):
+            return hook(module, args[0], output)
+        return None
+
+    handle = register_module_forward_hook(on_forward)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class FeaturePasses(TorchFunctionMode):
+    """Counts the FFTs of the feature path (one per batch of clips); raises
+    ``fault`` at the first one if given."""
+
+    def __init__(self, fault=None):
+        super().__init__()
+        self.ffts, self.fault = 0, fault
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.fft.rfft:
+            self.ffts += 1
+            if self.fault is not None:
+                raise self.fault
+        return func(*args, **(kwargs or {}))
+
+
+class ScriptedScores:
+    """Validation logits whose accuracy is the next of ``scores``.
+
+    For an AST in eval mode (validation, within a fit), the first
+    ``score * n_valid`` clips of a validation pass get logits of their own
+    class (:func:`class_of`), the others of another class. ``heads`` keeps
+    the head's weights at each validation.
+    """
+
+    def __init__(self, scores, n_valid, n_classes=3):
+        self.scores, self.n_valid, self.n_classes = iter(scores), n_valid, n_classes
+        self.done, self.score, self.heads = n_valid, None, []
+
+    def __call__(self, model, x, logits):
+        if model.training:
+            return None
+        if self.done == self.n_valid:  # a new validation pass
+            self.score, self.done = next(self.scores), 0
+            self.heads.append(model.head[1].weight.detach().clone())
+        truth = class_of(x)
+        rank = self.done + torch.arange(len(x))
+        right = rank < round(self.score * self.n_valid)
+        label = torch.where(right, truth, (truth + 1) % self.n_classes)
+        self.done += len(x)
+        return 10 * torch.nn.functional.one_hot(label, self.n_classes).to(logits)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return toned(4, seed=0)
+
+
+def test_the_tones_are_told_apart(data):
+    X, y = data
+    seen = []
+    clf = make(max_epochs=1)
+    with ast_forward(lambda model, x, logits: seen.append(class_of(x))):
+        clf.fit(X, y)
+        clf.predict(X)
+    # the prediction pass sees the clips in order
+    assert_array_equal(torch.cat(seen)[-len(X) :], np.searchsorted(["a", "b", "c"], y))
+
+
+# ---------------------------------------------------------------- warm-up and schedule
+
+
+def test_warm_up_as_the_original():
+    lr, lrs = 1e-3, []
+    for step in range(1200):
+        new = warmup_lr(step, 1000, 1e-3)
+        lr = lr if new is None else new
+        lrs.append(lr)
+    # src/traintest.py: every 50 steps up to 1000, lr = step / 1000 * lr
+    expected = [min(s // WARMUP_PERIOD * 50, 1000) / 1000 * 1e-3 for s in range(1200)]
+    assert_allclose(lrs, expected)
+    assert warmup_lr(120, 120, 1e-3) == 1e-3  # not a multiple of 50: ends at lr
+    assert warmup_lr(0, 0, 1e-3) is None  # no warm-up
+
+
+def test_warm_up_in_fit(data):
+    X, y = data  # 12 clips: 6 steps of 2 an epoch
+    lrs = []
+    with optimizer_steps(pre=lambda opt, a, k: lrs.append(opt.param_groups[0]["lr"])):
+        clf = make(warmup_steps=60, batch_size=2, max_epochs=11, lr_decay=1.0)
+        clf.fit(X, y)
+    assert len(lrs) == 66
+    assert lrs == [0.0] * 50 + [50 / 60 * 1e-3] * 10 + [1e-3] * 6
+    with optimizer_steps(pre=lambda opt, a, k: lrs.append(opt.param_groups[0]["lr"])):
+        lrs.clear()
+        make(warmup_steps=1, max_epochs=1).fit(X, y)
+    assert lrs[0] == 0 and lrs[1:] == [1e-3] * (len(lrs) - 1)
+
+
+def test_step_decay_per_epoch(data):
+    X, y = data
+    clf = make(max_epochs=5, lr_decay_start=2, lr_decay_every=2, lr_decay=0.5)
+    clf.fit(X, y)
+    lrs = [h["learning_rate"] for h in clf.history_]
+    # MultiStepLR(milestones=range(2, 1000, 2)) stepped after each epoch
+    assert_allclose(lrs, [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+
+
+# ---------------------------------------------------------------- features and augmentation
+
+
+def inputs_by_mode(store):
+    """A forward hook filing each AST input under the model's mode."""
+
+    def hook(model, x, logits):
+        store["train" if model.training else "eval"].append(x.detach().clone())
+
+    return hook
+
+
+def test_features_once_per_fit(data):
+    X, y = data
+    fit_passes, predict_passes = FeaturePasses(), FeaturePasses()
+    clf = make(max_epochs=3, batch_size=4)
+    with fit_passes:
+        clf.fit(X, y)
+    with predict_passes:
+        clf.predict(X)
+    assert predict_passes.ffts > 0
+    assert fit_passes.ffts == predict_passes.ffts  # one pass over the clips
+
+
+def test_spec_augment_masks_with_log_mel_zero_while_training(data):
+    X, y = data
+    seen = {"train": [], "eval": []}
+    clf = make(max_epochs=3, freqm=10, timem=5, batch_size=4)
+    with ast_forward(inputs_by_mode(seen)):
+        clf.fit(X, y)
+        clf.predict(X)  # no augmentation at prediction time
+    clean = torch.cat(seen["eval"])
+    assert len(clean) == len(X)
+    trained = torch.cat(seen["train"])
+    assert len(trained) == 3 * len(X)
+    # each training input is a clip's features with some bins replaced
+    same = (trained[:, None] == clean[None]).flatten(2)  # (inputs, clips, values)
+    clip = same.sum(-1).argmax(1)
+    masked = ~same[torch.arange(len(trained)), clip]
+    values = trained.flatten(1)[masked]
+    mean, std = clf.normalization_
+    assert masked.any(1).float().mean() > 0.5
+    assert torch.all(values == values[0])
+    assert float(values[0]) == pytest.approx((0 - mean) / (2 * std), rel=1e-6)
+    assert_array_equal(np.bincount(clip, minlength=len(X)), [3] * len(X))
+
+
+def test_mixup_mixes_training_inputs_only(data):
+    X, y = data
+    seen = {"train": [], "eval": []}
+    with ast_forward(inputs_by_mode(seen)):
+        make(max_epochs=3, mixup=0.3, batch_size=4).fit(X, y)
+    training_inputs = seen["train"]
+    seen["train"], seen["eval"] = [], []
+    with ast_forward(inputs_by_mode(seen)):
+        make(max_epochs=3, batch_size=4).fit(X, y).predict(X)
+    clean = torch.cat(seen["eval"])
+
+    def is_a_clip(inputs):
+        x = torch.cat(inputs)
+        return (x[:, None] == clean[None]).flatten(2).all(-1).any(1)
+
+    mixed = ~is_a_clip(training_inputs)
+    assert 0 < int(mixed.sum()) < len(mixed)  # p = 0.3 per clip
+    assert is_a_clip(seen["train"]).all()  # no mixup: every input is a clip
+
+
+# ---------------------------------------------------------------- freezing
+
+
+@pytest.mark.parametrize("freeze", [None, "encoder", 1])
+def test_no_graph_and_no_dropout_through_frozen_modules(data, freeze):
+    X, y = data
+    clf = make(max_epochs=1, warm_start=True).fit(X, y)
+    seen = []
+
+    def record(module, args, output):
+        if torch.is_grad_enabled():
+            seen.append((module, module.training, output.requires_grad))
+
+    model = clf.model_
+    handles = [m.register_forward_hook(record) for m in (model.blocks[0], model.norm)]
+    try:
+        clf.set_params(freeze=freeze).fit(X, y)
+    finally:
+        for handle in handles:
+            handle.remove()
+    first = {(training, grad) for m, training, grad in seen if m is model.blocks[0]}
+    last = {(training, grad) for m, training, grad in seen if m is model.norm}
+    assert first == {(freeze is None, freeze is None)}
+    assert last == {(freeze != "encoder", freeze != "encoder")}
+    # what the fit changed is restored
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(m.training for m in model.modules())
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def test_early_stopping_keeps_the_best_weights():
+    X, y = toned(11, seed=4)
+    X, y = X[:32], y[:32]  # 8 validation clips
+    scores = ScriptedScores([0.5, 0.875, 0.25, 0.375, 0.5, 0.125, 0.125, 0.125], 8)
+    clf = make(
+        early_stopping=True, validation_fraction=0.25, n_iter_no_change=2, max_epochs=8
+    )
+    with ast_forward(scores):
+        clf.fit(X, y)
+    # no improvement over 0.875 for 3 (> n_iter_no_change) epochs: stop after 5
+    assert clf.n_iter_ == 5
+    assert clf.validation_scores_ == [0.5, 0.875, 0.25, 0.375, 0.5]
+    assert clf.best_validation_score_ == 0.875
+    assert torch.equal(clf.model_.head[1].weight, scores.heads[1])
+    assert [h["valid_score"] for h in clf.history_] == clf.validation_scores_
+    assert all(h["valid_loss"] > 0 for h in clf.history_)
+
+
+def test_early_stopping_split_is_stratified():
+    X, y = toned(10, seed=5, n_classes=2)
+    seen = {"train": [], "eval": []}
+    with ast_forward(inputs_by_mode(seen)):
+        clf = make(early_stopping=True, validation_fraction=0.2, max_epochs=1)
+        clf.fit(X, y)
+    assert_array_equal(np.bincount(class_of(torch.cat(seen["train"]))), [8, 8])
+    assert_array_equal(np.bincount(class_of(torch.cat(seen["eval"]))), [2, 2])
+    assert clf.history_[0]["valid_score"] is not None
+    assert make().fit(X, y).best_validation_score_ is None
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+class InterruptAt:
+    """Optimizer-step hooks that interrupt a fit: a ``KeyboardInterrupt``
+    raised before step ``n`` (1-based), or a Ctrl-C sent after it."""
+
+    def __init__(self, n, how):
+        self.n, self.how, self.steps = n, how, 0
+
+    def pre(self, optimizer, args, kwargs):
+        self.steps += 1
+        if self.how == "raise" and self.steps >= self.n:
+            raise KeyboardInterrupt
+
+    def post(self, optimizer, args, kwargs):
+        if self.how == "signal" and self.steps == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def hooks(self):
+        return optimizer_steps(pre=self.pre, post=self.post)
+
+
+def test_sigint_stops_after_the_current_batch(data):
+    X, y = data
+    before = signal.getsignal(signal.SIGINT)
+    interrupt = InterruptAt(2, "signal")
+    clf = make(max_epochs=5, batch_size=2)
+    with interrupt.hooks(), pytest.warns(UserWarning, match="interrupted.*current"):
+        clf.fit(X, y)
+    assert interrupt.steps == 2
+    assert signal.getsignal(signal.SIGINT) is before
+    assert clf.n_iter_ == 1 and clf.history_[0]["valid_score"] is None
+    assert clf.predict(X).shape == (len(X),)  # fitted and usable
+
+
+def test_keyboard_interrupt_keeps_the_best_weights():
+    X, y = toned(11, seed=6)
+    X, y = X[:32], y[:32]  # 24 training clips, 8 validation clips
+    scores = ScriptedScores([0.75, 0.375, 0.25], 8)
+    clf = make(
+        early_stopping=True, validation_fraction=0.25, batch_size=4, max_epochs=5
+    )
+    n_batches = 24 // 4
+    interrupt = InterruptAt(2 * n_batches + 2, "raise")
+    with ast_forward(scores), interrupt.hooks():
+        with pytest.warns(UserWarning, match="best validation epoch \\(1\\)"):
+            clf.fit(X, y)
+    assert interrupt.steps == 2 * n_batches + 2
+    assert clf.n_iter_ == 3 and clf.best_validation_score_ == 0.75
+    assert clf.validation_scores_ == [0.75, 0.375]
+    assert torch.equal(clf.model_.head[1].weight, scores.heads[0])
+    assert clf.predict_proba(X).shape == (len(X), 3)
