@@ -287,8 +287,9 @@ def test_bad_input_names_the_item_and_changes_nothing(
     X_copy, y_copy = copies(X), y.copy()
     with pytest.raises(error, match=pattern) as info:
         ENTRY_POINTS[entry](f, c, X, y)
-    # an error of the input contract, not one from deep inside torch or numpy
-    assert info.traceback[-1].path.name == "_audio.py"
+    # an error of the input contract (or of the decoder it reads files with),
+    # not one from deep inside torch or numpy
+    assert info.traceback[-1].path.name in ("_audio.py", "_decode.py")
     assert_unchanged(f, f_snap)  # refits that fail leave the old model
     assert_unchanged(c, c_snap)
     assert_same_input(X, X_copy)

@@ -20,6 +20,8 @@ from sklearn.datasets import get_data_home
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
 
+from skast import _decode
+
 logger = logging.getLogger(__name__)
 
 #: Where :func:`fetch_esc50` downloads ESC-50 from: GitHub's archive of the
@@ -132,25 +134,22 @@ def _target_names(targets, categories, csv_path):
 
 
 def _read_wave(path):
-    import soundfile
-
     try:
-        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile errors have no common base here
-        raise ValueError(f"cannot decode {path}: {err}") from err
-    wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
-    return np.ascontiguousarray(wave, dtype=np.float32), rate
+        return _decode.read(path)
+    except ValueError as err:  # say "decode", with soundfile's own message
+        raise ValueError(f"cannot decode {path}: {err.__cause__}") from err.__cause__
 
 
-def _decode(paths, sample_rate):
+def _decode_files(paths, sample_rate):
     """Decode ``paths`` to mono float32, resampled to ``sample_rate`` if given."""
     waves, rates = [], set()
     for start in range(0, len(paths), _DECODE_BATCH):
         batch = [_read_wave(p) for p in paths[start : start + _DECODE_BATCH]]
         rates.update(rate for _, rate in batch)
         if sample_rate is not None:
-            batch = _resample_batch(batch, sample_rate)
-        waves.extend(w for w, _ in batch)
+            waves.extend(_decode.resample_clips(batch, sample_rate))
+        else:
+            waves.extend(w for w, _ in batch)
     if sample_rate is None:
         if len(rates) > 1:
             raise ValueError(
@@ -159,26 +158,6 @@ def _decode(paths, sample_rate):
             )
         sample_rate = rates.pop()
     return waves, sample_rate
-
-
-def _resample_batch(batch, sample_rate):
-    """Resample ``[(wave, rate), ...]``, stacking clips of equal rate and length."""
-    groups = {}
-    for i, (wave, rate) in enumerate(batch):
-        if rate != sample_rate:
-            groups.setdefault((rate, wave.size), []).append(i)
-    if not groups:
-        return batch
-    import torch
-    from torchaudio.functional import resample
-
-    out = list(batch)
-    for (rate, _), idx in groups.items():
-        stack = torch.from_numpy(np.stack([batch[i][0] for i in idx]))
-        new = resample(stack, orig_freq=rate, new_freq=sample_rate).numpy()
-        for i, wave in zip(idx, new):
-            out[i] = (np.ascontiguousarray(wave, dtype=np.float32), sample_rate)
-    return out
 
 
 @validate_params(
@@ -337,7 +316,7 @@ def load_esc50(root, *, as_waveforms=False, sample_rate=None):
         DESCR=_ESC50_DESCR,
     )
     if as_waveforms:
-        bunch.data, bunch.sample_rate = _decode(paths, sample_rate)
+        bunch.data, bunch.sample_rate = _decode_files(paths, sample_rate)
     return bunch
 
 
