@@ -541,6 +541,18 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
     ...
     ValueError: X is a single waveform (400 samples), not a batch of clips. ...
     """
+    X = _as_container(X)
+    if isinstance(X, np.ndarray):
+        X = _check_array(X)
+        if X.ndim == 2:
+            return _check_2d(X, check_clips)
+        if X.dtype.kind == "U":
+            X = X.tolist()
+    return _from_sequence(X, check_clips)
+
+
+def _as_container(X):
+    """``X`` as an ndarray or a sequence; a TypeError for any other container."""
     if _is_sparse(X):  # before dict: scipy's dok_array is one
         raise TypeError(
             f"sparse input is not supported: {_X_TYPES}; got {type(X).__name__}"
@@ -550,33 +562,39 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
     if _is_scalar(X):
         raise TypeError(f"{_X_TYPES}; got the scalar {X!r}")
     if hasattr(X, "to_numpy") and hasattr(X, "ndim"):  # pandas DataFrame / Series
-        X = X.to_numpy()
-    elif not isinstance(X, (np.ndarray, collections.abc.Sequence)):
+        return X.to_numpy()
+    if not isinstance(X, (np.ndarray, collections.abc.Sequence)):
         if not hasattr(X, "__array__") and not hasattr(X, "__array_interface__"):
             raise TypeError(f"{_X_TYPES}; got {type(X).__name__}")
-        X = np.asarray(X)  # torch tensors, xarray...: no copy when it can be avoided
-    if isinstance(X, np.ndarray):
-        if X.ndim == 0:
-            raise TypeError(f"{_X_TYPES}; got a 0-d array")
-        if X.ndim > 2:
-            raise ValueError(
-                f"X must be 2-D (n_clips, n_samples), got an array of shape "
-                f"{X.shape}; mix multichannel audio to mono first"
-            )
-        if X.ndim == 2 and X.dtype == object and X.shape[1] == 1 and len(X):
-            first = X[0, 0]
-            if _is_path(first) or not _is_scalar(first):  # a column of clips
-                X = X[:, 0]
-        if X.ndim == 2:
-            return _check_2d(X, check_clips)
-        if X.dtype.kind in "US":  # a numpy array of file names
-            if X.dtype.kind == "S":
-                raise TypeError("X holds bytes: pass file paths as str or os.PathLike")
-            X = X.tolist()
-        elif X.dtype != object:
-            if X.size == 0:
-                raise ValueError("X holds 0 clips; at least one is needed")
-            raise _single_clip_error(X.shape[0])
+        return np.asarray(X)  # torch tensors, xarray...: no copy when avoidable
+    return X
+
+
+def _check_array(X: np.ndarray) -> np.ndarray:
+    """An array that is one of: a 2-D array of waveforms, a 1-D object array of
+    clips (a DataFrame's column of clips too), a 1-D array of file names."""
+    if X.ndim == 0:
+        raise TypeError(f"{_X_TYPES}; got a 0-d array")
+    if X.ndim > 2:
+        raise ValueError(
+            f"X must be 2-D (n_clips, n_samples), got an array of shape "
+            f"{X.shape}; mix multichannel audio to mono first"
+        )
+    if X.ndim == 2 and X.dtype == object and X.shape[1] == 1 and len(X):
+        first = X[0, 0]
+        if _is_path(first) or not _is_scalar(first):  # a column of clips
+            X = X[:, 0]
+    if X.ndim == 2 or X.dtype == object or X.dtype.kind == "U":
+        return X
+    if X.dtype.kind == "S":
+        raise TypeError("X holds bytes: pass file paths as str or os.PathLike")
+    if X.size == 0:
+        raise ValueError("X holds 0 clips; at least one is needed")
+    raise _single_clip_error(X.shape[0])
+
+
+def _from_sequence(X, check_clips: bool) -> AudioInput:
+    """A sequence of file paths, or of 1-D waveforms, as an AudioInput."""
     n = len(X)
     if n == 0:
         raise ValueError("X holds 0 clips; at least one is needed")
@@ -594,24 +612,30 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
     if all(scalars):
         raise _single_clip_error(n)
     for i, item in enumerate(X):
-        if scalars[i] or item is None or isinstance(item, (bytes, dict, set)):
-            raise TypeError(
-                f"clip {i}: expected a 1-D waveform or an audio file path, got "
-                f"{type(item).__name__}"
-            )
-        ndim = getattr(item, "ndim", 1)
-        if isinstance(item, (list, tuple)) and item and not _is_scalar(item[0]):
-            ndim = 2  # nested lists: numpy would make a 2-D clip of it
-        if ndim != 1:
-            shape = getattr(item, "shape", None)
-            raise ValueError(
-                f"clip {i}: a waveform must be 1-D, got "
-                f"{'nested lists' if shape is None else f'shape {tuple(shape)}'}; "
-                "mix multichannel audio to mono first (X must not be 3-D)"
-            )
+        _check_item(item, i, scalars[i])
     if check_clips:
         _validate_clips(X)
     return AudioInput(X, "arrays")
+
+
+def _check_item(item, i: int, scalar: bool) -> None:
+    """An item of a sequence of waveforms that can be a 1-D clip (its samples
+    are checked later)."""
+    if scalar or item is None or isinstance(item, (bytes, dict, set)):
+        raise TypeError(
+            f"clip {i}: expected a 1-D waveform or an audio file path, got "
+            f"{type(item).__name__}"
+        )
+    ndim = getattr(item, "ndim", 1)
+    if isinstance(item, (list, tuple)) and item and not _is_scalar(item[0]):
+        ndim = 2  # nested lists: numpy would make a 2-D clip of it
+    if ndim != 1:
+        shape = getattr(item, "shape", None)
+        raise ValueError(
+            f"clip {i}: a waveform must be 1-D, got "
+            f"{'nested lists' if shape is None else f'shape {tuple(shape)}'}; "
+            "mix multichannel audio to mono first (X must not be 3-D)"
+        )
 
 
 def _total_samples(clips) -> int:
