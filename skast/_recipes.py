@@ -15,13 +15,17 @@ Examples
 ['audioset', 'esc50', 'speechcommands']
 """
 
-__all__ = ["NORM_STATS", "NUM_MEL_BINS", "RECIPES", "SAMPLE_RATE", "TINY"]
+__all__ = ["NORM_STATS", "NUM_MEL_BINS", "POOLINGS", "RECIPES", "SAMPLE_RATE", "TINY"]
 
 #: The sample rate every clip is converted to, in Hz (the AST models' rate).
 SAMPLE_RATE = 16000
 
 #: Mel bins of the kaldi filterbank the AST models take.
 NUM_MEL_BINS = 128
+
+#: How the encoder's tokens are pooled into one vector (the ``pooling``
+#: parameter): their mean, the [CLS] or distillation token, the patches' mean.
+POOLINGS = ("mean", "cls", "dist", "patch")
 
 #: ``(mean, std)`` of the log-mel features of the original AST recipes.
 NORM_STATS = {
