@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from skast._recipes import POOLINGS, RECIPES, TINY
+from skast._recipes import CHECKPOINT, POOLINGS, RECIPES, TINY
 
-# the checkpoint that embed and finetune start from unless told otherwise
-CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
 OUTPUT_SUFFIXES = (".npy", ".csv", ".parquet")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
 
