@@ -32,10 +32,8 @@ from sklearn.utils._param_validation import InvalidParameterError
 from skast import ASTClassifier, ASTFeaturizer
 from skast._audio import SampleTypeError
 from skast.cli import main
-from tests.conftest import TINY
+from tests.conftest import FAST, TINY
 
-# the tiny model with 16x16 patches without overlap: 28 patches, fast
-FAST = dict(TINY, frequency_stride=16, time_stride=16)
 SR = 16000
 N = 3  # clips per X in the table
 LABELS = np.array(["a", "b", "a"])
