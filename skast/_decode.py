@@ -173,12 +173,16 @@ def read(path, *, index=None) -> tuple[np.ndarray, int]:
     --------
     >>> import os, tempfile
     >>> import numpy as np, soundfile as sf
-    >>> from skast._decode import read
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     path = os.path.join(folder, "stereo.wav")
-    ...     sf.write(path, np.full((4, 2), [0.5, -0.25]), 8000)
-    ...     read(path)
-    (array([0.125, 0.125, 0.125, 0.125], dtype=float32), 8000)
+    >>> from skast._decode import load_audio, read
+    >>> folder = tempfile.mkdtemp()
+    >>> empty = os.path.join(folder, "empty.wav")
+    >>> sf.write(empty, np.zeros((0, 2)), 8000)
+    >>> read(empty)
+    (array([], dtype=float32), 8000)
+    >>> load_audio(empty)
+    Traceback (most recent call last):
+    ...
+    ValueError: the audio file '...empty.wav' is empty (0 frames)
     """
     import soundfile
 

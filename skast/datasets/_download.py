@@ -309,18 +309,32 @@ def fetch_tree(
 
     Examples
     --------
-    >>> import os, tempfile, zipfile
+    An archive whose tree must hold a ``data.csv``, served from a folder:
+
+    >>> import os, pathlib, tempfile, zipfile
     >>> from skast.datasets._download import fetch_tree
-    >>> folder = tempfile.mkdtemp()
-    >>> archive = os.path.join(folder, "a.zip")
-    >>> with zipfile.ZipFile(archive, "w") as zf:
-    ...     zf.writestr("data-main/readme.txt", "hi")
-    >>> url = "file://" + archive.replace(os.sep, "/")
-    >>> root = os.path.join(folder, "home", "data")
-    >>> fetch_tree(url, root, top="data-main",
-    ...            progress=lambda total: progress_bar(total, verbose=False))
-    >>> os.listdir(root), os.listdir(os.path.join(folder, "home"))
-    (['readme.txt'], ['data'])
+    >>> def check(tree):
+    ...     if not os.path.isfile(os.path.join(tree, "data.csv")):
+    ...         raise FileNotFoundError(f"no data.csv in {tree}")
+    >>> served = pathlib.Path(tempfile.mkdtemp())
+    >>> with zipfile.ZipFile(served / "ok.zip", "w") as zf:
+    ...     zf.writestr("data-main/data.csv", "x,y")
+    >>> with zipfile.ZipFile(served / "bad.zip", "w") as zf:
+    ...     zf.writestr("data-main/readme.txt", "no data")
+    >>> home = pathlib.Path(tempfile.mkdtemp())
+    >>> quiet = lambda total: progress_bar(total, verbose=False)
+    >>> fetch_tree((served / "bad.zip").as_uri(), home / "data", top="data-main",
+    ...            check=check, progress=quiet)
+    Traceback (most recent call last):
+    ...
+    OSError: the archive from file:///.../bad.zip does not hold the data set
+    under data-main/: no data.csv in data-main
+    >>> os.listdir(home)
+    []
+    >>> fetch_tree((served / "ok.zip").as_uri(), home / "data", top="data-main",
+    ...            check=check, progress=quiet)
+    >>> os.listdir(home), os.listdir(home / "data")
+    (['data'], ['data.csv'])
     """
     root = os.fspath(root)
     base = os.path.dirname(os.path.abspath(root))
