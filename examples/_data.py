@@ -15,7 +15,8 @@ from skast import _recipes
 from skast.datasets import load_esc50, make_sounds
 
 ESC50 = os.environ.get("SKAST_ESC50")
-CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+# the AudioSet model of the AST paper (skast._recipes.CHECKPOINT)
+CHECKPOINT = _recipes.CHECKPOINT
 # the small randomly initialised AST of `skast demo` (skast._recipes.TINY)
 TINY = _recipes.TINY
 
@@ -32,8 +33,13 @@ def dataset():
 
 def model_params():
     """Constructor arguments for ASTFeaturizer / ASTClassifier."""
-    if ESC50:
-        return {"checkpoint": CHECKPOINT, "max_length": 512, "normalize": "esc50"}
+    if ESC50:  # the ESC-50 recipe's 512 frames and feature statistics
+        recipe = _recipes.RECIPES["esc50"]
+        return {
+            "checkpoint": CHECKPOINT,
+            "max_length": recipe["max_length"],
+            "normalize": recipe["normalize"],
+        }
     return {
         "model_config": TINY,
         "max_length": 128,

@@ -34,8 +34,8 @@ bool, complex, others     :class:`SampleTypeError` (a TypeError)
 
 Clips at another rate than 16 kHz are resampled with
 :func:`torchaudio.functional.resample` (default arguments). Files are decoded
-with soundfile (wav, flac, ogg/vorbis, and whatever the bundled libsndfile
-reads) and their channels averaged to mono.
+by :func:`skast._decode.load_audio` (soundfile: wav, flac, ogg/vorbis, and
+whatever the bundled libsndfile reads), their channels averaged to mono.
 """
 
 from __future__ import annotations
@@ -51,13 +51,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from skast._decode import check_rate, clip_prefix, load_audio, resample
 from skast._recipes import SAMPLE_RATE
+
+# skast._base checks its sample_rate parameter with this name
+_check_rate = check_rate
 
 __all__ = [
     "AudioInput",
     "SampleTypeError",
     "check_audio_input",
-    "load_audio",
     "to_waveform",
 ]
 
@@ -83,10 +86,6 @@ _ONE_CLIP = (
 )
 
 
-def _where(index) -> str:
-    return "" if index is None else f"clip {index}: "
-
-
 def _is_path(item) -> bool:
     return isinstance(item, (str, os.PathLike))
 
@@ -96,122 +95,6 @@ def _is_scalar(item) -> bool:
     return isinstance(item, (numbers.Number, np.generic)) or (
         getattr(item, "ndim", None) == 0
     )
-
-
-def _check_rate(sample_rate) -> int:
-    """A positive integral sample rate as an int (resample would truncate floats)."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
-        raise TypeError(f"sample_rate must be an integer, got {sample_rate!r}")
-    if int(sample_rate) != sample_rate or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-    return int(sample_rate)
-
-
-def _resample(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
-    if rate == new_rate:
-        return wave
-    import torchaudio.functional  # pure python; imported on first use
-
-    return torchaudio.functional.resample(wave, rate, new_rate)
-
-
-def _check_finite(wave: np.ndarray, index, what: str = "the clip") -> None:
-    if not np.isfinite(wave).all():
-        raise ValueError(f"{_where(index)}{what} contains NaN or infinite values")
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _decode(path, index) -> tuple[np.ndarray, int]:
-    """soundfile.read as float32 (frames, channels), errors -> ValueError."""
-    import soundfile
-
-    name = os.fspath(path)
-    try:
-        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
-    except MemoryError:
-        raise
-    except Exception as err:  # LibsndfileError, RuntimeError, TypeError...
-        cause = err
-        try:  # soundfile says "System error." for a missing file: say which
-            with open(name, "rb"):
-                pass
-        except OSError as os_err:
-            cause = os_err
-        raise ValueError(
-            f"{_where(index)}cannot read audio file {name!r}: {cause}"
-        ) from cause
-    if data.shape[0] == 0:
-        raise ValueError(f"{_where(index)}the audio file {name!r} is empty (0 frames)")
-    return data, int(rate)
-
-
-def load_audio(path, *, sample_rate=None, index=None) -> tuple[np.ndarray, int]:
-    """Decode an audio file to a mono float32 waveform.
-
-    The file is read with soundfile as float32 (integer PCM scaled to [-1, 1]),
-    and its channels are averaged to mono. The original AST recipe keeps
-    channel 0 instead (``torchaudio.load`` then ``waveform[0]``); averaging
-    keeps what is only in the other channels and is the same for mono files.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A file that soundfile reads: wav, flac, ogg/vorbis, aiff...
-    sample_rate : int, default=None
-        Resample to this rate (:func:`torchaudio.functional.resample`); ``None``
-        keeps the file's own rate.
-    index : int, default=None
-        The clip's index in ``X``, to name it in error messages.
-
-    Returns
-    -------
-    waveform : ndarray of shape (n_samples,), dtype float32
-        A new, writable array.
-    sample_rate : int
-        The waveform's rate: the file's, or ``sample_rate`` when given.
-
-    Raises
-    ------
-    ValueError
-        A missing, unreadable, corrupt, non-audio or empty (0 frames) file, or
-        one holding NaN or infinite samples. The original error is chained.
-
-    See Also
-    --------
-    to_waveform : A path or an array -> a 16 kHz tensor.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> import numpy as np, soundfile as sf
-    >>> from skast._audio import load_audio
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     path = os.path.join(folder, "stereo.wav")
-    ...     sf.write(path, np.full((800, 2), [0.5, -0.25]), 8000)
-    ...     wave, rate = load_audio(path)
-    ...     wave16k, rate16k = load_audio(path, sample_rate=16000)
-    >>> wave.shape, wave.dtype, rate, float(wave[0])
-    ((800,), dtype('float32'), 8000, 0.125)
-    >>> wave16k.shape, rate16k
-    ((1600,), 16000)
-    """
-    data, rate = _decode(path, index)
-    if data.shape[1] == 1:
-        wave = np.ascontiguousarray(data[:, 0])
-    else:
-        wave = data.mean(axis=1, dtype=np.float32)
-    _check_finite(wave, index, f"the audio file {os.fspath(path)!r}")
-    if sample_rate is not None:
-        sample_rate = _check_rate(sample_rate)
-        if sample_rate != rate:
-            wave = _resample(torch.from_numpy(wave), rate, sample_rate).numpy()
-            rate = sample_rate
-    return wave, rate
-
-
-# --------------------------------------------------------------------------- arrays
 
 
 class SampleTypeError(TypeError, ValueError):
@@ -225,12 +108,12 @@ class SampleTypeError(TypeError, ValueError):
 def _check_dtype(dtype: np.dtype, index) -> None:
     if dtype.kind == "c":
         raise SampleTypeError(
-            f"{_where(index)}Complex data not supported: waveforms must be real, "
+            f"{clip_prefix(index)}Complex data not supported: waveforms must be real, "
             f"got dtype {dtype}"
         )
     if dtype.kind not in "iuf":
         raise SampleTypeError(
-            f"{_where(index)}waveforms must hold real numbers (floats or integer "
+            f"{clip_prefix(index)}waveforms must hold real numbers (floats or integer "
             f"PCM), got dtype {dtype}"
         )
 
@@ -246,7 +129,7 @@ def _numeric(a: np.ndarray, index) -> np.ndarray:
         return a.astype(np.float64)
     except (TypeError, ValueError) as err:
         raise SampleTypeError(
-            f"{_where(index)}the clip is not a numeric waveform: {err}"
+            f"{clip_prefix(index)}the clip is not a numeric waveform: {err}"
         ) from err
 
 
@@ -260,30 +143,33 @@ def _validated(item, index) -> np.ndarray:
         a = np.asarray(item)
     except Exception as err:  # ragged nested lists, odd objects
         raise TypeError(
-            f"{_where(index)}cannot convert the clip to an array: {err}"
+            f"{clip_prefix(index)}cannot convert the clip to an array: {err}"
         ) from err
     a = _numeric(a, index)
     if a.ndim != 1:
         raise ValueError(
-            f"{_where(index)}a waveform must be 1-D, got shape {a.shape}; mix "
+            f"{clip_prefix(index)}a waveform must be 1-D, got shape {a.shape}; mix "
             "multichannel audio to mono first"
         )
     if a.size == 0:
-        raise ValueError(f"{_where(index)}the clip is empty (0 samples)")
+        raise ValueError(f"{clip_prefix(index)}the clip is empty (0 samples)")
     _check_dtype(a.dtype, index)
     kind, size = a.dtype.kind, a.dtype.itemsize
     if kind == "f":
-        _check_finite(a, index)
+        if not np.isfinite(a).all():
+            raise ValueError(
+                f"{clip_prefix(index)}the clip contains NaN or infinite values"
+            )
         if size > 4 and (a.max() > _F32_MAX or a.min() < -_F32_MAX):
             raise ValueError(
-                f"{_where(index)}the clip holds values beyond the float32 range"
+                f"{clip_prefix(index)}the clip holds values beyond the float32 range"
             )
     elif size > 4:  # 64-bit integers: 32-bit PCM held in a wider type
         lo, hi = (-(2**31), 2**31 - 1) if kind == "i" else (0, 2**32 - 1)
         a_min, a_max = int(a.min()), int(a.max())
         if a_min < lo or a_max > hi:
             raise ValueError(
-                f"{_where(index)}{a.dtype} samples are read as 32-bit PCM and "
+                f"{clip_prefix(index)}{a.dtype} samples are read as 32-bit PCM and "
                 f"must lie in [{lo}, {hi}]; got values in [{a_min}, {a_max}]. "
                 "Pass floats in [-1, 1] instead"
             )
@@ -315,7 +201,7 @@ def to_waveform(
     item : array-like of shape (n_samples,), str or os.PathLike
         A waveform at ``sample_rate`` (integer PCM is scaled to [-1, 1], see
         the module's table), or an audio file path (decoded with
-        :func:`load_audio`; the file's own rate is used, not ``sample_rate``).
+        :func:`skast._decode.load_audio`; the file's own rate is used, not ``sample_rate``).
     sample_rate : int, default=16000
         The rate of an array ``item``, in Hz.
     index : int, default=None
@@ -355,8 +241,8 @@ def to_waveform(
         wave, rate = load_audio(item, index=index)
     else:
         wave = _to_float32(_validated(item, index), copy=copy)
-        rate = _check_rate(sample_rate)
-    return _resample(torch.from_numpy(wave), rate, SAMPLE_RATE)
+        rate = check_rate(sample_rate)
+    return resample(torch.from_numpy(wave), rate, SAMPLE_RATE)
 
 
 # --------------------------------------------------------------------------- X
@@ -655,6 +541,18 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
     ...
     ValueError: X is a single waveform (400 samples), not a batch of clips. ...
     """
+    X = _as_container(X)
+    if isinstance(X, np.ndarray):
+        X = _check_array(X)
+        if X.ndim == 2:
+            return _check_2d(X, check_clips)
+        if X.dtype.kind == "U":
+            X = X.tolist()
+    return _from_sequence(X, check_clips)
+
+
+def _as_container(X):
+    """``X`` as an ndarray or a sequence; a TypeError for any other container."""
     if _is_sparse(X):  # before dict: scipy's dok_array is one
         raise TypeError(
             f"sparse input is not supported: {_X_TYPES}; got {type(X).__name__}"
@@ -664,33 +562,39 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
     if _is_scalar(X):
         raise TypeError(f"{_X_TYPES}; got the scalar {X!r}")
     if hasattr(X, "to_numpy") and hasattr(X, "ndim"):  # pandas DataFrame / Series
-        X = X.to_numpy()
-    elif not isinstance(X, (np.ndarray, collections.abc.Sequence)):
+        return X.to_numpy()
+    if not isinstance(X, (np.ndarray, collections.abc.Sequence)):
         if not hasattr(X, "__array__") and not hasattr(X, "__array_interface__"):
             raise TypeError(f"{_X_TYPES}; got {type(X).__name__}")
-        X = np.asarray(X)  # torch tensors, xarray...: no copy when it can be avoided
-    if isinstance(X, np.ndarray):
-        if X.ndim == 0:
-            raise TypeError(f"{_X_TYPES}; got a 0-d array")
-        if X.ndim > 2:
-            raise ValueError(
-                f"X must be 2-D (n_clips, n_samples), got an array of shape "
-                f"{X.shape}; mix multichannel audio to mono first"
-            )
-        if X.ndim == 2 and X.dtype == object and X.shape[1] == 1 and len(X):
-            first = X[0, 0]
-            if _is_path(first) or not _is_scalar(first):  # a column of clips
-                X = X[:, 0]
-        if X.ndim == 2:
-            return _check_2d(X, check_clips)
-        if X.dtype.kind in "US":  # a numpy array of file names
-            if X.dtype.kind == "S":
-                raise TypeError("X holds bytes: pass file paths as str or os.PathLike")
-            X = X.tolist()
-        elif X.dtype != object:
-            if X.size == 0:
-                raise ValueError("X holds 0 clips; at least one is needed")
-            raise _single_clip_error(X.shape[0])
+        return np.asarray(X)  # torch tensors, xarray...: no copy when avoidable
+    return X
+
+
+def _check_array(X: np.ndarray) -> np.ndarray:
+    """An array that is one of: a 2-D array of waveforms, a 1-D object array of
+    clips (a DataFrame's column of clips too), a 1-D array of file names."""
+    if X.ndim == 0:
+        raise TypeError(f"{_X_TYPES}; got a 0-d array")
+    if X.ndim > 2:
+        raise ValueError(
+            f"X must be 2-D (n_clips, n_samples), got an array of shape "
+            f"{X.shape}; mix multichannel audio to mono first"
+        )
+    if X.ndim == 2 and X.dtype == object and X.shape[1] == 1 and len(X):
+        first = X[0, 0]
+        if _is_path(first) or not _is_scalar(first):  # a column of clips
+            X = X[:, 0]
+    if X.ndim == 2 or X.dtype == object or X.dtype.kind == "U":
+        return X
+    if X.dtype.kind == "S":
+        raise TypeError("X holds bytes: pass file paths as str or os.PathLike")
+    if X.size == 0:
+        raise ValueError("X holds 0 clips; at least one is needed")
+    raise _single_clip_error(X.shape[0])
+
+
+def _from_sequence(X, check_clips: bool) -> AudioInput:
+    """A sequence of file paths, or of 1-D waveforms, as an AudioInput."""
     n = len(X)
     if n == 0:
         raise ValueError("X holds 0 clips; at least one is needed")
@@ -708,24 +612,30 @@ def check_audio_input(X, *, check_clips=True) -> AudioInput:
     if all(scalars):
         raise _single_clip_error(n)
     for i, item in enumerate(X):
-        if scalars[i] or item is None or isinstance(item, (bytes, dict, set)):
-            raise TypeError(
-                f"clip {i}: expected a 1-D waveform or an audio file path, got "
-                f"{type(item).__name__}"
-            )
-        ndim = getattr(item, "ndim", 1)
-        if isinstance(item, (list, tuple)) and item and not _is_scalar(item[0]):
-            ndim = 2  # nested lists: numpy would make a 2-D clip of it
-        if ndim != 1:
-            shape = getattr(item, "shape", None)
-            raise ValueError(
-                f"clip {i}: a waveform must be 1-D, got "
-                f"{'nested lists' if shape is None else f'shape {tuple(shape)}'}; "
-                "mix multichannel audio to mono first (X must not be 3-D)"
-            )
+        _check_item(item, i, scalars[i])
     if check_clips:
         _validate_clips(X)
     return AudioInput(X, "arrays")
+
+
+def _check_item(item, i: int, scalar: bool) -> None:
+    """An item of a sequence of waveforms that can be a 1-D clip (its samples
+    are checked later)."""
+    if scalar or item is None or isinstance(item, (bytes, dict, set)):
+        raise TypeError(
+            f"clip {i}: expected a 1-D waveform or an audio file path, got "
+            f"{type(item).__name__}"
+        )
+    ndim = getattr(item, "ndim", 1)
+    if isinstance(item, (list, tuple)) and item and not _is_scalar(item[0]):
+        ndim = 2  # nested lists: numpy would make a 2-D clip of it
+    if ndim != 1:
+        shape = getattr(item, "shape", None)
+        raise ValueError(
+            f"clip {i}: a waveform must be 1-D, got "
+            f"{'nested lists' if shape is None else f'shape {tuple(shape)}'}; "
+            "mix multichannel audio to mono first (X must not be 3-D)"
+        )
 
 
 def _total_samples(clips) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from skast._model import AST, ASTConfig, adapt_position_embeddings
+from skast._recipes import NORM_STATS, NUM_MEL_BINS, SAMPLE_RATE
 
 __all__ = ["load_checkpoint", "save_pretrained", "Checkpoint"]
 
@@ -36,32 +37,51 @@ HF_PREFIX = "audio_spectrogram_transformer."
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
-# Hugging Face on-disk names (transformers 4.x, and what 5.x writes) and the 5.x
-# in-memory names -> ours (timm / original repository names).
-_HF_TO_OURS = [
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.distillation_token", "dist_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (
-        r"(?:encoder\.layer|layers)\.(\d+)\.attention\.output\.dense\.",
-        r"blocks.\1.attn.proj.",
-    ),
-    (r"layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"layers\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"layernorm\.", "norm."),
-    (r"classifier\.layernorm\.", "head.0."),
-    (r"classifier\.dense\.", "head.1."),
-]
-_HF_QKV = re.compile(
-    r"^(?:encoder\.layer|layers)\.(\d+)\.attention\."
-    r"(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$"
+# Hugging Face's parameter names and ours (timm's and the original
+# repository's), as pairs of name prefixes, read from left to right and
+# written from right to left. "{}" is a block's index; a block is
+# "encoder.layer.{}" in transformers 4.x and on disk, "layers.{}" in
+# transformers 5.x's memory, and both are read. Where several Hugging Face
+# names give one of ours (5.x's in-memory names after the on-disk one), the
+# first is written.
+_KEYS = (
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.distillation_token", "dist_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("encoder.layer.{}.attention.output.dense.", "blocks.{}.attn.proj."),
+    ("encoder.layer.{}.attention.o_proj.", "blocks.{}.attn.proj."),
+    ("encoder.layer.{}.intermediate.dense.", "blocks.{}.mlp.fc1."),
+    ("encoder.layer.{}.mlp.fc1.", "blocks.{}.mlp.fc1."),
+    ("encoder.layer.{}.output.dense.", "blocks.{}.mlp.fc2."),
+    ("encoder.layer.{}.mlp.fc2.", "blocks.{}.mlp.fc2."),
+    ("encoder.layer.{}.layernorm_before.", "blocks.{}.norm1."),
+    ("encoder.layer.{}.layernorm_after.", "blocks.{}.norm2."),
+    ("layernorm.", "norm."),
+    ("classifier.layernorm.", "head.0."),
+    ("classifier.dense.", "head.1."),
 )
-_QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+# Our fused qkv is Hugging Face's query, key and value, stacked on dim 0 in
+# this order: their names in 4.x (written) and in 5.x's memory.
+_QKV = "blocks.{}.attn.qkv."
+_HF_QKV = (
+    tuple(
+        f"encoder.layer.{{}}.attention.attention.{p}."
+        for p in ("query", "key", "value")
+    ),
+    tuple(f"encoder.layer.{{}}.attention.{p}_proj." for p in "qkv"),
+)
+_HF_BLOCK = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.")
+_OUR_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _template(name: str, block: re.Pattern, prefix: str) -> tuple[str, str | None]:
+    """``name`` with its block index as "{}" (and the block prefix as
+    ``prefix``), and the index; ``(name, None)`` outside the blocks."""
+    m = block.match(name)
+    if m is None:
+        return name, None
+    return prefix + "{}." + name[m.end() :], m.group(1)
 
 
 @dataclass
@@ -143,77 +163,64 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face names (with or without the base-model prefix) -> ours."""
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     for key, value in sd.items():
         name = key[len(HF_PREFIX) :] if key.startswith(HF_PREFIX) else key
-        m = _HF_QKV.match(name)
-        if m:
-            layer, part = int(m.group(1)), m.group(2) or m.group(3)
-            qkv.setdefault((layer, m.group(4)), {})[_QKV_ORDER[part]] = value
+        name, i = _template(name, _HF_BLOCK, "encoder.layer.")
+        part = _qkv_part(name)
+        if part is not None:
+            j, rest = part
+            qkv.setdefault((i, rest), {})[j] = value
             continue
-        for pattern, repl in _HF_TO_OURS:
-            new, n = re.subn("^" + pattern, repl, name)
-            if n:
-                out[new] = value
-                break
-        else:
+        hf, ours = next(((h, o) for h, o in _KEYS if name.startswith(h)), (None, None))
+        if hf is None:
             raise ValueError(
                 f"unexpected key in a Hugging Face AST checkpoint: {key!r}"
             )
-    for (layer, kind), parts in qkv.items():
+        out[ours.format(i) + name[len(hf) :]] = value
+    for (i, rest), parts in qkv.items():
         if sorted(parts) != [0, 1, 2]:
             raise ValueError(
-                f"layer {layer}: query, key and value {kind} are not all there"
+                f"layer {i}: query, key and value {rest} are not all there"
             )
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts[i] for i in range(3)])
+        out[_QKV.format(i) + rest] = torch.cat([parts[j] for j in range(3)])
     return out
+
+
+def _qkv_part(name: str) -> tuple[int, str] | None:
+    """Which of query, key and value a Hugging Face name template is (0, 1 or 2),
+    and the rest of its name (``weight`` or ``bias``); ``None`` for others."""
+    for spelling in _HF_QKV:
+        for j, hf in enumerate(spelling):
+            if name.startswith(hf) and name[len(hf) :] in ("weight", "bias"):
+                return j, name[len(hf) :]
+    return None
 
 
 def _to_hf_state_dict(model: AST) -> dict[str, torch.Tensor]:
     """Our state dict -> transformers' on-disk names (``ASTForAudioClassification``
     with a head, bare ``ASTModel`` without)."""
-    has_head = model.config.num_labels > 0
-    prefix = HF_PREFIX if has_head else ""
+    prefix = HF_PREFIX if model.config.num_labels > 0 else ""
     d = model.config.hidden_size
+    written = {}  # ours -> the first Hugging Face name of it
+    for hf, ours in _KEYS:
+        written.setdefault(ours, hf)
     out = {}
     for key, value in model.state_dict().items():
         value = value.detach().to("cpu", torch.float32)
-        m = re.match(r"blocks\.(\d+)\.(.+)$", key)
-        if m:
-            i, rest = m.groups()
-            base = f"encoder.layer.{i}."
-            if rest.startswith("attn.qkv."):
-                kind = rest.rsplit(".", 1)[1]
-                for j, part in enumerate(("query", "key", "value")):
-                    name = f"{prefix}{base}attention.attention.{part}.{kind}"
-                    out[name] = value[j * d : (j + 1) * d].clone()
-                continue
-            rest = (
-                rest.replace("attn.proj.", "attention.output.dense.")
-                .replace("mlp.fc1.", "intermediate.dense.")
-                .replace("mlp.fc2.", "output.dense.")
-                .replace("norm1.", "layernorm_before.")
-                .replace("norm2.", "layernorm_after.")
-            )
-            out[prefix + base + rest] = value.clone()
+        name, i = _template(key, _OUR_BLOCK, "blocks.")
+        if name.startswith(_QKV):
+            rest = name[len(_QKV) :]
+            for j, hf in enumerate(_HF_QKV[0]):
+                out[prefix + hf.format(i) + rest] = value[j * d : (j + 1) * d].clone()
             continue
-        if key.startswith("head."):
-            name = key.replace("head.0.", "classifier.layernorm.").replace(
-                "head.1.", "classifier.dense."
-            )
-            out[name] = value.clone()
-            continue
-        name = {
-            "cls_token": "embeddings.cls_token",
-            "dist_token": "embeddings.distillation_token",
-            "pos_embed": "embeddings.position_embeddings",
-        }.get(key)
-        if name is None:
-            name = key.replace(
-                "patch_embed.proj.", "embeddings.patch_embeddings.projection."
-            )
-            name = name.replace("norm.", "layernorm.")
-        out[prefix + name] = value.clone()
+        ours = next((o for o in written if name.startswith(o)), None)
+        if ours is None:
+            raise ValueError(f"no Hugging Face name for the parameter {key!r}")
+        hf = written[ours].format(i) + name[len(ours) :]
+        if not hf.startswith("classifier."):  # the head is outside the base model
+            hf = prefix + hf
+        out[hf] = value.clone()
     return out
 
 
@@ -262,13 +269,13 @@ def _infer_original_config(
         )
     hidden = sd["cls_token"].shape[-1]
     patch = sd["patch_embed.proj.weight"].shape[-1]
-    num_mel_bins = 128
+    num_mel_bins = NUM_MEL_BINS
     f = (num_mel_bins - patch) // fs + 1
     n_patches = sd["pos_embed"].shape[1] - 2
     if n_patches % f:
         raise ValueError(
             f"'{name}': a position embedding of {n_patches} patches does not fit "
-            f"128 mel bins at frequency stride {fs}"
+            f"{num_mel_bins} mel bins at frequency stride {fs}"
         )
     t = n_patches // f
     lengths = range((t - 1) * ts + patch, t * ts + patch)
@@ -519,11 +526,11 @@ def save_pretrained(
     )
     if has_head:
         config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
-    mean, std = normalization if normalization is not None else (-4.2677393, 4.5689974)
+    mean, std = normalization if normalization is not None else NORM_STATS["audioset"]
     preprocessor = {
         "feature_extractor_type": "ASTFeatureExtractor",
         "feature_size": 1,
-        "sampling_rate": 16000,
+        "sampling_rate": SAMPLE_RATE,
         "num_mel_bins": model.config.num_mel_bins,
         "max_length": model.config.max_length,
         "do_normalize": True,

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ASTConfig", "AST", "POOLINGS"]
+from skast._recipes import POOLINGS
 
-POOLINGS = ("mean", "cls", "dist", "patch")
+__all__ = ["ASTConfig", "AST", "POOLINGS"]
 
 
 @dataclass

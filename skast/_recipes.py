@@ -15,13 +15,29 @@ Examples
 ['audioset', 'esc50', 'speechcommands']
 """
 
-__all__ = ["NORM_STATS", "NUM_MEL_BINS", "RECIPES", "SAMPLE_RATE", "TINY"]
+__all__ = [
+    "CHECKPOINT",
+    "NORM_STATS",
+    "NUM_MEL_BINS",
+    "POOLINGS",
+    "RECIPES",
+    "SAMPLE_RATE",
+    "TINY",
+]
 
 #: The sample rate every clip is converted to, in Hz (the AST models' rate).
 SAMPLE_RATE = 16000
 
 #: Mel bins of the kaldi filterbank the AST models take.
 NUM_MEL_BINS = 128
+
+#: The AST paper's AudioSet model on the Hugging Face hub (10x10 strides,
+#: 1024 frames): what the command line and the examples start from.
+CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+#: How the encoder's tokens are pooled into one vector (the ``pooling``
+#: parameter): their mean, the [CLS] or distillation token, the patches' mean.
+POOLINGS = ("mean", "cls", "dist", "patch")
 
 #: ``(mean, std)`` of the log-mel features of the original AST recipes.
 NORM_STATS = {

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from skast._recipes import RECIPES, TINY
+from skast._recipes import CHECKPOINT, POOLINGS, RECIPES, TINY
 
 OUTPUT_SUFFIXES = (".npy", ".csv", ".parquet")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint",
-        default="MIT/ast-finetuned-audioset-10-10-0.4593",
+        default=CHECKPOINT,
         help="hub id, Hugging Face directory or original .pth",
     )
     p.add_argument(
@@ -306,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input frames (default: the checkpoint's)",
     )
-    p.add_argument(
-        "--pooling", default="mean", choices=["mean", "cls", "dist", "patch"]
-    )
+    p.add_argument("--pooling", default="mean", choices=POOLINGS)
     p.add_argument(
         "--layer", type=int, default=None, help="hidden state to pool (default: last)"
     )
@@ -325,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", required=True, help="where to save the fitted model (.joblib)"
     )
-    p.add_argument("--checkpoint", default="MIT/ast-finetuned-audioset-10-10-0.4593")
+    p.add_argument("--checkpoint", default=CHECKPOINT)
     p.add_argument("--recipe", default=None, choices=sorted(RECIPES))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)

@@ -1,9 +1,14 @@
-"""Shared fixtures: tiny configs and random-weight checkpoints made by the tests."""
+"""Shared fixtures: the tests' tiny model configs and random-weight checkpoints."""
 
 import numpy as np
 import pytest
 import torch
 
+# The tests' tiny AST (``ASTConfig`` / ``model_config`` fields), random weights:
+# TINY has the published checkpoints' overlapping 10x10 strides (12 x 5 = 60
+# patches of 16x16 at 64 frames), FAST non-overlapping 16x16 patches (8 x 4 =
+# 32, for tests that fit or transform many times), SHORT is FAST at 32
+# frames (8 x 2 = 16 patches, for tests that train).
 TINY = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -12,6 +17,8 @@ TINY = dict(
     max_length=64,
     num_mel_bins=128,
 )
+FAST = dict(TINY, frequency_stride=16, time_stride=16)
+SHORT = dict(FAST, max_length=32)
 
 
 def randomize_(module, seed=0):

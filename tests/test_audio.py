@@ -1,4 +1,5 @@
-"""The input contract: containers, clip validation, decoding, resampling, batching."""
+"""The input contract: containers, clip validation, files and resampling through
+it (the decoder's own tests are in tests/test_decode.py), batching."""
 
 import math
 import pickle
@@ -15,10 +16,10 @@ from skast._audio import (
     AudioInput,
     SampleTypeError,
     check_audio_input,
-    load_audio,
     to_waveform,
 )
 from skast._batches import AudioDataset, iter_batches
+from skast._decode import load_audio
 from skast._recipes import SAMPLE_RATE
 
 pd = pytest.importorskip("pandas")
@@ -352,29 +353,6 @@ def test_files(tmp_path, fmt, subtype, rate, channels, atol):
     again, rate16k = load_audio(str(path), sample_rate=16000)
     assert rate16k == 16000
     np.testing.assert_array_equal(again, out.numpy())
-
-
-def test_integer_wavs_decode_exactly(tmp_path):
-    pcm16 = np.array([32767, -32768, 16384, 0, -1], dtype=np.int16)
-    path = write(tmp_path / "int16.wav", pcm16, 16000)
-    np.testing.assert_array_equal(load_audio(path)[0], pcm16 / 32768)
-    assert load_audio(path)[0][0] == pytest.approx(1.0, abs=1e-4)
-    pcm32 = np.array([2**31 - 1, -(2**31), 2**30], dtype=np.int32)
-    path = write(tmp_path / "int32.wav", pcm32, 16000, subtype="PCM_32")
-    np.testing.assert_array_equal(load_audio(path)[0], np.float32(pcm32 / 2**31))
-    u8 = np.array([-1.0, 0.0, 0.5], dtype=np.float32)
-    path = write(tmp_path / "u8.wav", u8, 8000, subtype="PCM_U8")
-    np.testing.assert_array_equal(load_audio(path)[0], u8)
-    assert sf.info(path).subtype == "PCM_U8"
-
-
-def test_stereo_is_the_mean_of_its_channels(tmp_path):
-    data = np.array([[0.5, -0.25], [1.0, 0.0], [-0.5, -0.5]], dtype=np.float32)
-    path = write(tmp_path / "stereo.wav", data, 16000, subtype="FLOAT")
-    np.testing.assert_array_equal(load_audio(path)[0], [0.125, 0.5, -0.5])
-    six = np.tile(np.arange(6, dtype=np.float32) / 10, (4, 1))
-    path = write(tmp_path / "six.flac", six, 48000, subtype="PCM_24")
-    np.testing.assert_allclose(load_audio(path)[0], np.full(4, 0.25), atol=1e-6)
 
 
 def test_bad_files_name_their_index(tmp_path, wave):

@@ -8,23 +8,14 @@ import torch
 from skast._checkpoints import save_pretrained
 from skast._model import AST, ASTConfig
 from skast.cli import main
-
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_length=64,
-    frequency_stride=16,
-    time_stride=16,
-)
+from tests.conftest import FAST
 
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "ckpt"
-    save_pretrained(AST(ASTConfig(**TINY)), path)
+    save_pretrained(AST(ASTConfig(**FAST)), path)
     return path
 
 
@@ -66,7 +57,8 @@ def test_embed_writes_npy_and_csv(folder, tiny_checkpoint, tmp_path, capsys):
     args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "-q"]
     assert main(["embed", str(folder), "-o", str(out), *args]) == 0
     embeddings = np.load(out)
-    assert embeddings.shape == (8, 32) and np.isfinite(embeddings).all()
+    assert embeddings.shape == (8, FAST["hidden_size"])
+    assert np.isfinite(embeddings).all()
     csv_out = tmp_path / "emb.csv"
     assert (
         main(["embed", str(folder / "low" / "0.wav"), "-o", str(csv_out), *args]) == 0
@@ -87,7 +79,7 @@ def test_embed_writes_parquet(folder, tiny_checkpoint, tmp_path):
     assert main(["embed", str(folder), "-o", str(parquet), *args]) == 0
     frame = pd.read_parquet(parquet)
     assert list(frame.columns[:2]) == ["file", "astfeaturizer0"]
-    assert frame.shape == (8, 33)
+    assert frame.shape == (8, 1 + FAST["hidden_size"])
     assert frame["file"].str.endswith(".wav").all()
     np.testing.assert_allclose(frame.iloc[:, 1:].to_numpy(), np.load(npy), atol=1e-6)
 

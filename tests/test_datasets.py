@@ -1,9 +1,11 @@
-"""The synthetic sound set, the ESC-50 loader and the ESC-50 download.
+"""The synthetic sound set, the ESC-50 loader, the ESC-50 download and the
+verified downloads it is built on.
 
 Downloads are served by a local HTTP server on 127.0.0.1; nothing here
 touches the network beyond it.
 """
 
+import _thread
 import csv
 import hashlib
 import http.server
@@ -20,7 +22,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skast.datasets import _esc50, fetch_esc50, load_esc50, make_sounds
+from skast.datasets import fetch_esc50, load_esc50, make_sounds
+from skast.datasets._download import fetch_file, progress_bar
 
 HEADER = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 CLASSES = {0: "dog", 1: "rooster"}
@@ -326,12 +329,17 @@ def zip_tree(root, top="ESC-50-master", compression=zipfile.ZIP_DEFLATED):
 
 
 class Server:
-    """A local HTTP server; ``body`` and ``mode`` say what it answers."""
+    """A local HTTP server; ``body`` and ``mode`` say what it answers.
+
+    In mode ``"pause"`` it sends half the body, sets ``paused`` and sends the
+    rest once ``resume`` is set.
+    """
 
     def __init__(self):
         self.body = b""
         self.mode = "ok"
         self.requests = []
+        self.paused, self.resume = threading.Event(), threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -351,10 +359,14 @@ class Server:
                     return
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if server.mode == "raise":
+                if server.mode in ("raise", "pause"):
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
-                    raise ConnectionAbortedError("server gave up mid-stream")
+                    if server.mode == "raise":
+                        raise ConnectionAbortedError("server gave up mid-stream")
+                    server.paused.set()
+                    server.resume.wait(10)
+                    body = body[len(body) // 2 :]
                 self.wfile.write(body)
 
             def log_message(self, *args):
@@ -377,11 +389,11 @@ def server(monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setattr(_esc50, "_TIMEOUT", 10)
     srv = Server()
     thread = threading.Thread(target=srv.httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
+    srv.resume.set()
     srv.httpd.shutdown()
     srv.httpd.server_close()
     thread.join(timeout=5)
@@ -539,32 +551,20 @@ def test_fetch_other_top_folder(tmp_path, server, archive):
     assert len(esc.data) == 10
 
 
-class Interrupt:
-    """A progress bar whose second update is a Ctrl-C."""
-
-    def __init__(self, *args):
-        self.calls = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        self.calls += 1
-        if self.calls == 2:
-            raise KeyboardInterrupt
-
-
-def test_fetch_keyboard_interrupt_while_downloading(
-    tmp_path, server, archive, monkeypatch
-):
+def test_fetch_keyboard_interrupt_while_downloading(tmp_path, server, archive):
+    # Ctrl-C (the main thread's KeyboardInterrupt) with half the archive received
     server.body = archive[0]
-    monkeypatch.setattr(_esc50, "_CHUNK_SIZE", 1024)
-    monkeypatch.setattr(_esc50, "_progress", Interrupt)
+    server.mode = "pause"
+
+    def press_ctrl_c():
+        if server.paused.wait(10):
+            _thread.interrupt_main()
+        server.resume.set()
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        fetch_esc50(tmp_path, url=server.url)
+        fetch_esc50(tmp_path, url=server.url, verbose=False)
+    assert server.paused.is_set()
     assert contents(tmp_path) == []
 
 
@@ -633,3 +633,68 @@ def test_fetch_validation(tmp_path):
         fetch_esc50(tmp_path, url=None)
     with pytest.raises(ValueError, match="'download_if_missing' parameter"):
         fetch_esc50(tmp_path, download_if_missing="no")
+
+
+# ------------------------------------------------------------ verified downloads
+
+
+def quiet(total):
+    return progress_bar(total, verbose=False)
+
+
+class Recorder:
+    """A ``progress`` for fetch_file that records what it is told and turns
+    its ``interrupt_at``-th update into a Ctrl-C."""
+
+    def __init__(self, interrupt_at=None):
+        self.total, self.updates, self.interrupt_at = None, [], interrupt_at
+
+    def __call__(self, total):
+        self.total = total
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        self.updates.append(n)
+        if len(self.updates) == self.interrupt_at:
+            raise KeyboardInterrupt
+
+
+def test_fetch_file_streams_in_chunks_and_checks(tmp_path, server, archive):
+    server.body, digest = archive
+    path = tmp_path / "a.zip"
+    progress = Recorder()
+    got = fetch_file(
+        server.url, path, sha256=digest.upper(), chunk_size=1024, progress=progress
+    )
+    assert got == digest and path.read_bytes() == server.body
+    assert progress.total == len(server.body) == sum(progress.updates)
+    assert max(progress.updates) == 1024 and len(progress.updates) > 2
+    assert contents(tmp_path) == ["a.zip"]
+    # a wrong checksum: the file already there is left as it was
+    with pytest.raises(OSError, match="not the expected 0000.*removed"):
+        fetch_file(server.url, path, sha256="0" * 64, progress=quiet)
+    assert contents(tmp_path) == ["a.zip"] and path.read_bytes() == server.body
+
+
+def test_fetch_file_keyboard_interrupt_leaves_nothing(tmp_path, server, archive):
+    server.body = archive[0]
+    progress = Recorder(interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_file(server.url, tmp_path / "a.zip", chunk_size=1024, progress=progress)
+    assert len(progress.updates) == 2
+    assert contents(tmp_path) == []
+
+
+def test_fetch_file_stalled_server_times_out(tmp_path, server, archive):
+    server.body = archive[0]
+    server.mode = "pause"  # never resumed: half the body, then silence
+    with pytest.raises(OSError, match="timed out"):
+        fetch_file(server.url, tmp_path / "a.zip", timeout=0.2, progress=quiet)
+    assert server.paused.is_set()
+    assert contents(tmp_path) == []

@@ -32,10 +32,8 @@ from sklearn.utils._param_validation import InvalidParameterError
 from skast import ASTClassifier, ASTFeaturizer
 from skast._audio import SampleTypeError
 from skast.cli import main
-from tests.conftest import TINY
+from tests.conftest import FAST, TINY
 
-# the tiny model with 16x16 patches without overlap: 28 patches, fast
-FAST = dict(TINY, frequency_stride=16, time_stride=16)
 SR = 16000
 N = 3  # clips per X in the table
 LABELS = np.array(["a", "b", "a"])
@@ -287,8 +285,9 @@ def test_bad_input_names_the_item_and_changes_nothing(
     X_copy, y_copy = copies(X), y.copy()
     with pytest.raises(error, match=pattern) as info:
         ENTRY_POINTS[entry](f, c, X, y)
-    # an error of the input contract, not one from deep inside torch or numpy
-    assert info.traceback[-1].path.name == "_audio.py"
+    # an error of the input contract (or of the decoder it reads files with),
+    # not one from deep inside torch or numpy
+    assert info.traceback[-1].path.name in ("_audio.py", "_decode.py")
     assert_unchanged(f, f_snap)  # refits that fail leave the old model
     assert_unchanged(c, c_snap)
     assert_same_input(X, X_copy)

@@ -4,15 +4,8 @@
 from __future__ import annotations
 
 import csv
-import hashlib
-import http.client
-import logging
+import functools
 import os
-import shutil
-import tempfile
-import urllib.request
-import zipfile
-import zlib
 from numbers import Integral
 
 import numpy as np
@@ -20,7 +13,8 @@ from sklearn.datasets import get_data_home
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
 
-logger = logging.getLogger(__name__)
+from skast import _decode
+from skast.datasets import _download
 
 #: Where :func:`fetch_esc50` downloads ESC-50 from: GitHub's archive of the
 #: ``master`` branch of the official repository (about 600 MB).
@@ -36,9 +30,6 @@ ESC50_SHA256 = None
 _ESC50_SUBDIR = "skast_esc50"
 _ESC50_TOP = "ESC-50-master"
 _ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10")
-# Seconds without progress before a download is abandoned.
-_TIMEOUT = 60
-_CHUNK_SIZE = 1 << 20
 # Clips decoded (and resampled) together by load_esc50(as_waveforms=True).
 _DECODE_BATCH = 64
 
@@ -132,25 +123,22 @@ def _target_names(targets, categories, csv_path):
 
 
 def _read_wave(path):
-    import soundfile
-
     try:
-        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile errors have no common base here
-        raise ValueError(f"cannot decode {path}: {err}") from err
-    wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
-    return np.ascontiguousarray(wave, dtype=np.float32), rate
+        return _decode.read(path)
+    except ValueError as err:  # say "decode", with soundfile's own message
+        raise ValueError(f"cannot decode {path}: {err.__cause__}") from err.__cause__
 
 
-def _decode(paths, sample_rate):
+def _decode_files(paths, sample_rate):
     """Decode ``paths`` to mono float32, resampled to ``sample_rate`` if given."""
     waves, rates = [], set()
     for start in range(0, len(paths), _DECODE_BATCH):
         batch = [_read_wave(p) for p in paths[start : start + _DECODE_BATCH]]
         rates.update(rate for _, rate in batch)
         if sample_rate is not None:
-            batch = _resample_batch(batch, sample_rate)
-        waves.extend(w for w, _ in batch)
+            waves.extend(_decode.resample_clips(batch, sample_rate))
+        else:
+            waves.extend(w for w, _ in batch)
     if sample_rate is None:
         if len(rates) > 1:
             raise ValueError(
@@ -159,26 +147,6 @@ def _decode(paths, sample_rate):
             )
         sample_rate = rates.pop()
     return waves, sample_rate
-
-
-def _resample_batch(batch, sample_rate):
-    """Resample ``[(wave, rate), ...]``, stacking clips of equal rate and length."""
-    groups = {}
-    for i, (wave, rate) in enumerate(batch):
-        if rate != sample_rate:
-            groups.setdefault((rate, wave.size), []).append(i)
-    if not groups:
-        return batch
-    import torch
-    from torchaudio.functional import resample
-
-    out = list(batch)
-    for (rate, _), idx in groups.items():
-        stack = torch.from_numpy(np.stack([batch[i][0] for i in idx]))
-        new = resample(stack, orig_freq=rate, new_freq=sample_rate).numpy()
-        for i, wave in zip(idx, new):
-            out[i] = (np.ascontiguousarray(wave, dtype=np.float32), sample_rate)
-    return out
 
 
 @validate_params(
@@ -337,145 +305,11 @@ def load_esc50(root, *, as_waveforms=False, sample_rate=None):
         DESCR=_ESC50_DESCR,
     )
     if as_waveforms:
-        bunch.data, bunch.sample_rate = _decode(paths, sample_rate)
+        bunch.data, bunch.sample_rate = _decode_files(paths, sample_rate)
     return bunch
 
 
 # ----------------------------------------------------------------- fetch_esc50
-
-
-def _progress(total, verbose):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc="ESC-50",
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        disable=not verbose,
-        leave=False,
-    )
-
-
-def _download(url, file, verbose):
-    """Stream ``url`` into ``file``; return its SHA-256 hex digest."""
-    request = urllib.request.Request(url, headers={"User-Agent": "skast"})
-    digest = hashlib.sha256()
-    received = 0
-    with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
-        length = response.headers.get("Content-Length", "")
-        total = int(length) if length.strip().isdigit() else None
-        with _progress(total, verbose) as bar:
-            while True:
-                try:
-                    chunk = response.read(_CHUNK_SIZE)
-                except http.client.HTTPException as err:
-                    raise OSError(
-                        f"the download of {url} was interrupted after "
-                        f"{received} bytes ({err!r})"
-                    ) from err
-                if not chunk:
-                    break
-                file.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    # http.client returns b"" rather than raising when the server closes the
-    # connection before Content-Length bytes arrived.
-    if total is not None and received != total:
-        raise OSError(
-            f"the download of {url} was interrupted: received {received} of "
-            f"{total} bytes"
-        )
-    return digest.hexdigest()
-
-
-def _extract(archive, into, url):
-    """Unzip ``archive`` into ``into``; return the ESC-50 directory in it."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            tops = {name.split("/", 1)[0] for name in zf.namelist()}
-            if _ESC50_TOP in tops:
-                top = _ESC50_TOP
-            elif len(tops) == 1:
-                top = tops.pop()
-            else:
-                raise OSError(
-                    f"the archive from {url} has no single top folder (expected "
-                    f"{_ESC50_TOP}/)"
-                )
-            # CRCs are checked as each member is read
-            zf.extractall(into)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise OSError(f"{url} did not give a valid zip archive: {err}") from err
-    path = os.path.join(into, top)
-    try:
-        load_esc50(path)
-    except (ValueError, FileNotFoundError) as err:
-        # name the tree as in the archive, not by its temporary path
-        reason = str(err).replace(path, top)
-        raise OSError(
-            f"the archive from {url} does not hold ESC-50 under {top}/: {reason}"
-        ) from err
-    return path
-
-
-def _remove(path):
-    if path is None:
-        return
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-
-
-def _download_esc50(base, root, url, sha256, verbose):
-    """Download, check and unpack ESC-50 to ``root``, atomically.
-
-    Everything is written to temporary names under ``base`` and moved into
-    place with one rename at the end; on any error or interrupt, they are
-    removed (and ``base`` too, if this call created it).
-    """
-    created_base = not os.path.isdir(base)
-    os.makedirs(base, exist_ok=True)
-    archive = extract_dir = None
-    try:
-        fd, archive = tempfile.mkstemp(prefix=".ESC-50-", suffix=".zip.part", dir=base)
-        with os.fdopen(fd, "wb") as file:
-            digest = _download(url, file, verbose)
-        if sha256 is None:
-            logger.warning(
-                "The checksum of %s was not verified (sha256=None); the SHA-256 "
-                "of the downloaded archive is %s. Pass sha256=... to verify "
-                "future downloads.",
-                url,
-                digest,
-            )
-        elif digest != sha256.lower():
-            raise OSError(
-                f"the archive downloaded from {url} has SHA-256 {digest}, not "
-                f"the expected {sha256.lower()}; it was removed"
-            )
-        extract_dir = tempfile.mkdtemp(prefix=".ESC-50-", suffix=".unzip", dir=base)
-        tree = _extract(archive, extract_dir, url)
-        try:
-            os.replace(tree, root)
-        except OSError:
-            if not os.path.isdir(os.path.join(root, "meta")):
-                raise
-            # another process put ESC-50 in place first: keep theirs
-    finally:
-        _remove(archive)
-        _remove(extract_dir)
-        if created_base and not os.path.isdir(root):
-            try:
-                os.rmdir(base)
-            except OSError:
-                pass
 
 
 @validate_params(
@@ -599,5 +433,15 @@ def fetch_esc50(
                 f"download_if_missing=True to download it from {url}, or "
                 "unpack the official archive there."
             )
-        _download_esc50(base, root, url, sha256, verbose)
+        _download.fetch_tree(
+            url,
+            root,
+            sha256=sha256,
+            top=_ESC50_TOP,
+            check=load_esc50,
+            name="ESC-50",
+            progress=functools.partial(
+                _download.progress_bar, desc="ESC-50", verbose=verbose
+            ),
+        )
     return load_esc50(root, as_waveforms=as_waveforms, sample_rate=sample_rate)

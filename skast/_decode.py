@@ -1,0 +1,272 @@
+"""Audio files -> mono float32 waveforms, and resampling: the one decoder.
+
+Files are read with soundfile as float32 (integer PCM scaled to [-1, 1]: wav,
+flac, ogg/vorbis, and whatever the bundled libsndfile reads) and their channels
+averaged to mono. Waveforms are resampled with
+:func:`torchaudio.functional.resample` (default arguments). The estimators'
+input contract (:mod:`skast._audio`) and :func:`skast.datasets.load_esc50`
+both decode through this module, which imports torch only to resample.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "check_rate",
+    "clip_prefix",
+    "load_audio",
+    "read",
+    "resample",
+    "resample_clips",
+]
+
+
+def clip_prefix(index) -> str:
+    """How errors name clip ``index`` of ``X``: ``"clip 3: "``; ``""`` for ``None``."""
+    return "" if index is None else f"clip {index}: "
+
+
+def check_rate(sample_rate) -> int:
+    """A positive integral sample rate, as an int.
+
+    Parameters
+    ----------
+    sample_rate : int
+        A rate in Hz. A float with an integral value is accepted (resampling
+        would truncate any other), booleans are not.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TypeError
+        Not a real number, or a boolean.
+    ValueError
+        Not integral, or not positive.
+
+    Examples
+    --------
+    >>> from skast._decode import check_rate
+    >>> check_rate(16000.0)
+    16000
+    >>> check_rate(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: sample_rate must be a positive integer, got 0
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise TypeError(f"sample_rate must be an integer, got {sample_rate!r}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def resample(waves: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
+    """Resample waveforms along their last dimension.
+
+    Parameters
+    ----------
+    waves : torch.Tensor of shape (..., n_samples), dtype float32
+        One waveform, or a stack of waveforms at the same rate.
+    rate, new_rate : int
+        Their rate and the rate wanted, in Hz.
+
+    Returns
+    -------
+    torch.Tensor of shape (..., ceil(n_samples * new_rate / rate))
+        :func:`torchaudio.functional.resample` with its default arguments;
+        ``waves`` itself when the rates are equal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._decode import resample
+    >>> resample(torch.zeros(2, 8000), 8000, 16000).shape
+    torch.Size([2, 16000])
+    """
+    if rate == new_rate:
+        return waves
+    import torchaudio.functional  # pure python; imported on first use
+
+    return torchaudio.functional.resample(waves, rate, new_rate)
+
+
+def resample_clips(clips, new_rate: int) -> list[np.ndarray]:
+    """Resample clips of various rates, one call per rate and length.
+
+    Clips of the same rate and length are stacked and resampled together;
+    those already at ``new_rate`` are returned as they are.
+
+    Parameters
+    ----------
+    clips : sequence of (ndarray of shape (n_samples,), int)
+        Float32 waveforms and their rates, as :func:`read` returns them.
+    new_rate : int
+        The rate wanted, in Hz.
+
+    Returns
+    -------
+    list of ndarray, dtype float32
+        The waveforms at ``new_rate``, in the order of ``clips``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skast._decode import resample_clips
+    >>> clips = [(np.zeros(800, np.float32), 8000), (np.ones(3, np.float32), 16000)]
+    >>> [w.shape for w in resample_clips(clips, 16000)]
+    [(1600,), (3,)]
+    """
+    import torch
+
+    out = [wave for wave, _ in clips]
+    groups = {}
+    for i, (wave, rate) in enumerate(clips):
+        if rate != new_rate:
+            groups.setdefault((rate, wave.size), []).append(i)
+    for (rate, _), idx in groups.items():
+        stack = torch.from_numpy(np.stack([out[i] for i in idx]))
+        new = resample(stack, rate, new_rate).numpy()
+        for i, wave in zip(idx, new):
+            out[i] = np.ascontiguousarray(wave, dtype=np.float32)
+    return out
+
+
+def read(path, *, index=None) -> tuple[np.ndarray, int]:
+    """Decode an audio file to a mono float32 waveform at the file's rate.
+
+    What :func:`load_audio` does before its checks: a file with no frames
+    gives an empty waveform, NaN samples are kept.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file that soundfile reads.
+    index : int, default=None
+        The clip's index in ``X``, to name it in error messages.
+
+    Returns
+    -------
+    waveform : ndarray of shape (n_samples,), dtype float32
+        A new, C-contiguous array: the file's only channel, or the mean of
+        its channels.
+    sample_rate : int
+        The file's rate.
+
+    Raises
+    ------
+    ValueError
+        A missing, unreadable, corrupt or non-audio file; the error of
+        soundfile (or of ``open`` for a missing file) is chained.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np, soundfile as sf
+    >>> from skast._decode import load_audio, read
+    >>> folder = tempfile.mkdtemp()
+    >>> empty = os.path.join(folder, "empty.wav")
+    >>> sf.write(empty, np.zeros((0, 2)), 8000)
+    >>> read(empty)
+    (array([], dtype=float32), 8000)
+    >>> load_audio(empty)
+    Traceback (most recent call last):
+    ...
+    ValueError: the audio file '...empty.wav' is empty (0 frames)
+    """
+    import soundfile
+
+    name = os.fspath(path)
+    try:
+        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # LibsndfileError, RuntimeError, TypeError...
+        cause = err
+        try:  # soundfile says "System error." for a missing file: say which
+            with open(name, "rb"):
+                pass
+        except OSError as os_err:
+            cause = os_err
+        raise ValueError(
+            f"{clip_prefix(index)}cannot read audio file {name!r}: {cause}"
+        ) from cause
+    if data.shape[1] == 1:
+        return np.ascontiguousarray(data[:, 0]), int(rate)
+    return data.mean(axis=1, dtype=np.float32), int(rate)
+
+
+def load_audio(path, *, sample_rate=None, index=None) -> tuple[np.ndarray, int]:
+    """Decode an audio file to a mono float32 waveform.
+
+    The file is read with soundfile as float32 (integer PCM scaled to [-1, 1]),
+    and its channels are averaged to mono. The original AST recipe keeps
+    channel 0 instead (``torchaudio.load`` then ``waveform[0]``); averaging
+    keeps what is only in the other channels and is the same for mono files.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file that soundfile reads: wav, flac, ogg/vorbis, aiff...
+    sample_rate : int, default=None
+        Resample to this rate (:func:`torchaudio.functional.resample`); ``None``
+        keeps the file's own rate.
+    index : int, default=None
+        The clip's index in ``X``, to name it in error messages.
+
+    Returns
+    -------
+    waveform : ndarray of shape (n_samples,), dtype float32
+        A new, writable array.
+    sample_rate : int
+        The waveform's rate: the file's, or ``sample_rate`` when given.
+
+    Raises
+    ------
+    ValueError
+        A missing, unreadable, corrupt, non-audio or empty (0 frames) file, or
+        one holding NaN or infinite samples. The original error is chained.
+
+    See Also
+    --------
+    skast._audio.to_waveform : A path or an array -> a 16 kHz tensor.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np, soundfile as sf
+    >>> from skast._decode import load_audio
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "stereo.wav")
+    ...     sf.write(path, np.full((800, 2), [0.5, -0.25]), 8000)
+    ...     wave, rate = load_audio(path)
+    ...     wave16k, rate16k = load_audio(path, sample_rate=16000)
+    >>> wave.shape, wave.dtype, rate, float(wave[0])
+    ((800,), dtype('float32'), 8000, 0.125)
+    >>> wave16k.shape, rate16k
+    ((1600,), 16000)
+    """
+    wave, rate = read(path, index=index)
+    what = f"the audio file {os.fspath(path)!r}"
+    if wave.size == 0:
+        raise ValueError(f"{clip_prefix(index)}{what} is empty (0 frames)")
+    if not np.isfinite(wave).all():
+        raise ValueError(f"{clip_prefix(index)}{what} contains NaN or infinite values")
+    if sample_rate is not None:
+        sample_rate = check_rate(sample_rate)
+        if sample_rate != rate:
+            import torch
+
+            wave = resample(torch.from_numpy(wave), rate, sample_rate).numpy()
+            rate = sample_rate
+    return wave, rate
