@@ -46,6 +46,7 @@ import hashlib
 import numbers
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -133,6 +134,9 @@ def _numeric(a: np.ndarray, index) -> np.ndarray:
         ) from err
 
 
+_RAGGED_WARNING = getattr(np, "exceptions", np).VisibleDeprecationWarning
+
+
 def _validated(item, index) -> np.ndarray:
     """A clip as a valid 1-D numeric array, not copied when it is one already.
 
@@ -140,7 +144,11 @@ def _validated(item, index) -> np.ndarray:
     range, and 64-bit integers within 32-bit PCM.
     """
     try:
-        a = np.asarray(item)
+        with warnings.catch_warnings():
+            # NumPy < 1.24 makes an object array of ragged nested lists, with
+            # this warning; later releases raise ValueError
+            warnings.simplefilter("error", _RAGGED_WARNING)
+            a = np.asarray(item)
     except Exception as err:  # ragged nested lists, odd objects
         raise TypeError(
             f"{clip_prefix(index)}cannot convert the clip to an array: {err}"

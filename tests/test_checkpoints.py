@@ -313,6 +313,7 @@ def test_original_file_without_strides_in_its_name(tmp_path):
 def local_hub(tmp_path, monkeypatch):
     """A minimal Hugging Face hub on 127.0.0.1 serving one tiny AST repository."""
     constants = pytest.importorskip("huggingface_hub.constants")
+    file_download = pytest.importorskip("huggingface_hub.file_download")
     import hashlib
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -379,10 +380,11 @@ def local_hub(tmp_path, monkeypatch):
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    # huggingface_hub < 1.0 read its own copy of the template at import
     monkeypatch.setattr(
-        constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template, raising=False
     )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
