@@ -96,9 +96,31 @@ def resample(waves: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
     """
     if rate == new_rate:
         return waves
-    import torchaudio.functional  # pure python; imported on first use
+    return _torchaudio_functional().resample(waves, rate, new_rate)
 
-    return torchaudio.functional.resample(waves, rate, new_rate)
+
+def _torchaudio_functional():
+    """``torchaudio.functional``, imported on first use, or an ImportError
+    that says which pair to install when torchaudio's library cannot load
+    with this torch (``import torchaudio`` loads its compiled library)."""
+    try:
+        import torchaudio.functional
+    except (ImportError, OSError) as err:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(name):
+            try:
+                return f"{name} {version(name)}"
+            except PackageNotFoundError:
+                return f"{name} (not installed)"
+
+        raise ImportError(
+            f"resampling needs torchaudio, and {installed('torchaudio')} does not "
+            f"load with {installed('torch')}: {err}. Install a pair that loads, such as "
+            "pip install 'torch>=2.13' 'torchaudio>=2.11.1' (torchaudio 2.4-2.10 "
+            "need the torch release of their own version)"
+        ) from err
+    return torchaudio.functional
 
 
 def resample_clips(clips, new_rate: int) -> list[np.ndarray]:

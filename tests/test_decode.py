@@ -1,5 +1,7 @@
 """The decoder: files -> mono float32 waveforms, sample rates, resampling."""
 
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -108,3 +110,12 @@ def test_resample_clips_stacks_equal_rates_and_lengths(rng):
         )
         np.testing.assert_array_equal(out[i], alone.numpy())
     assert all(w.dtype == np.float32 and w.flags.c_contiguous for w in out)
+
+
+def test_a_torchaudio_that_cannot_load_says_what_to_install(monkeypatch):
+    # what `import torchaudio.functional` raises when torchaudio's compiled
+    # library does not load with this torch (an OSError in torchaudio 2.9+)
+    monkeypatch.setitem(sys.modules, "torchaudio.functional", None)
+    with pytest.raises(ImportError, match=r"does not load with torch .*torch>=2\.13"):
+        resample(torch.zeros(8000), 8000, 16000)
+    assert resample(torch.zeros(3), 16000, 16000).shape == (3,)  # no resampling
