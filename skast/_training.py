@@ -250,8 +250,8 @@ class Trainer:
         model = self.model
         if self.freeze == "encoder":  # no graph through the frozen encoder
             with torch.no_grad():
-                pooled = model.pool(model.forward_features(x))
-            return model.forward_head(pooled)
+                tokens = model.forward_features(x)
+            return model.forward_head(tokens)
         return model(x)
 
     def augment(
