@@ -11,7 +11,7 @@ Accepted ``X``:
 :func:`check_audio_input` checks the container and, in place, the in-memory
 clips (files are not opened); :meth:`AudioInput.load` converts and validates
 one clip at a time, so that estimators stream ``X`` in batches
-(:func:`skast._batches.iter_batches`) with bounded memory. Every error about a clip names its
+(:func:`skast._batches.load_batches`) with bounded memory. Every error about a clip names its
 index in ``X``.
 
 Samples are converted to float32 as follows (the user's arrays are never
@@ -41,8 +41,6 @@ whatever the bundled libsndfile reads), their channels averaged to mono.
 from __future__ import annotations
 
 import collections.abc
-import functools
-import hashlib
 import numbers
 import os
 import sys
@@ -52,11 +50,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from skast import _cache
 from skast._decode import check_rate, clip_prefix, load_audio, resample
 from skast._recipes import SAMPLE_RATE
-
-# skast._base checks its sample_rate parameter with this name
-_check_rate = check_rate
 
 __all__ = [
     "AudioInput",
@@ -256,17 +252,6 @@ def to_waveform(
 # --------------------------------------------------------------------------- X
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _file_digest(path: str, stat_key: tuple) -> str:
-    """sha256 of a file's bytes; memoised on (path, device, inode, size,
-    mtime, ctime) so that repeated fits do not read unchanged files again."""
-    h = hashlib.sha256(b"file\0")
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class AudioInput(collections.abc.Sequence):
     """A validated ``X``: indexable raw clips that are converted one at a time.
 
@@ -288,7 +273,7 @@ class AudioInput(collections.abc.Sequence):
     See Also
     --------
     check_audio_input : Validate ``X`` and build an AudioInput.
-    iter_batches : Stream the loaded clips in batches.
+    skast._batches.load_batches : Stream the loaded clips in padded batches.
 
     Examples
     --------
@@ -401,23 +386,10 @@ class AudioInput(collections.abc.Sequence):
         str
             64 hexadecimal digits.
         """
-        i = self._source(i)
-        item = self._items[i]
+        j = self._source(i)
         if self.kind == "paths":
-            name = os.fspath(item)
-            try:
-                st = os.stat(name)
-                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                return _file_digest(os.path.abspath(name), key)
-            except OSError as err:
-                raise ValueError(
-                    f"clip {i}: cannot read audio file {name!r}: {err}"
-                ) from err
-        a = _numeric(np.asarray(item), i)
-        a = np.ascontiguousarray(a)
-        h = hashlib.sha256(f"array\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(memoryview(a).cast("B"))
-        return h.hexdigest()
+            return _cache.file_fingerprint(self._items[j], index=j)
+        return _cache.array_fingerprint(_numeric(np.asarray(self._items[j]), j))
 
 
 def _single_clip_error(n) -> ValueError:

@@ -1,15 +1,21 @@
-"""What ASTFeaturizer and ASTClassifier share: the model, the data path, pickling.
+"""What ASTFeaturizer and ASTClassifier share: parameters, set-up, the data
+path and device-safe pickling.
 
-``X`` -> :mod:`skast._audio` (mono float32 16 kHz clips, streamed in batches)
--> :func:`skast._features.fbank` on the model's device, padded or truncated to
-``max_length`` frames -> normalised -> the model. One path for both estimators
-up to the pooled vector.
+The data path, one pass per batch, top to bottom in :meth:`ASTBase._iter_features`
+and :meth:`ASTBase._forward_batches`: ``X`` (validated by
+:func:`skast._audio.check_audio_input`) -> :func:`skast._batches.load_batches`
+(clips decoded, padded into page-locked memory for CUDA) -> the model's device
+(one asynchronous copy) -> :func:`skast._features.fbank` of the padded batch
+(``max_length`` frames) -> :func:`skast._features.normalize` -> :func:`skast._runtime.evaluate`
+of the model -> float32 numpy. One path for both estimators up to the pooled
+vector.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterator
 from numbers import Integral
@@ -19,8 +25,9 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skast import _audio, _batches, _features
+from skast import _batches, _features
 from skast._checkpoints import load_checkpoint
+from skast._decode import check_rate
 from skast._model import AST, ASTConfig
 from skast._recipes import NORM_STATS
 from skast._runtime import (
@@ -32,7 +39,7 @@ from skast._runtime import (
     resolve_device,
 )
 
-__all__ = ["ASTBase"]
+__all__ = ["ASTBase", "resolve_normalization"]
 
 
 class ASTBase(BaseEstimator):
@@ -46,11 +53,9 @@ class ASTBase(BaseEstimator):
         "checkpoint": [None, str, os.PathLike],
         "model_config": [None, dict],
         "max_length": [None, Interval(Integral, 16, None, closed="left")],
-        "normalize": [
-            StrOptions({*NORM_STATS, "fit"}),
-            tuple,
-            list,
-        ],
+        # a pair's values are checked by _resolve_normalization
+        "normalize": [StrOptions({*NORM_STATS, "fit"}), tuple, list],
+        # True is an Integral too: _setup refuses booleans
         "sample_rate": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [None, str, torch.device],
@@ -80,8 +85,8 @@ class ASTBase(BaseEstimator):
 
         ``audio`` is the validated input (:func:`skast._audio.check_audio_input`).
         """
-        self._check_normalize()
-        _audio._check_rate(self.sample_rate)  # True passes Interval(Integral)
+        normalization = self._resolve_normalization()
+        check_rate(self.sample_rate)  # True passes Interval(Integral)
         device = resolve_device(self.device)
         self.device_ = str(device)
         self._autocast = resolve_autocast(self.precision, device)
@@ -89,23 +94,25 @@ class ASTBase(BaseEstimator):
             self.model_.to(device)
             return
         self.model_ = self._build_model().to(device).eval()
-        normalize = self._setting("normalize")
-        if normalize == "fit":
-            self.normalization_ = self._fit_normalization(audio)
-        else:
-            self.normalization_ = _features.resolve_normalization(normalize)
+        if normalization is None:
+            normalization = self._fit_normalization(audio)
+        self.normalization_ = normalization
 
     def _setting(self, name: str):
         """The value in force for parameter ``name`` (a classifier's recipe may
         fill in parameters the user left at their defaults)."""
         return getattr(self, name)
 
-    def _check_normalize(self):
-        if isinstance(self.normalize, (tuple, list)):
-            try:
-                _features.resolve_normalization(tuple(self.normalize))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"normalize={self.normalize!r}: {err}") from err
+    def _resolve_normalization(self) -> tuple[float, float] | None:
+        """The ``(mean, std)`` of the ``normalize`` in force (``None`` for
+        ``"fit"``); a bad pair raises ``ValueError`` naming it."""
+        normalize = self._setting("normalize")
+        if isinstance(normalize, str) and normalize == "fit":
+            return None
+        try:
+            return resolve_normalization(normalize)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"normalize={normalize!r}: {err}") from err
 
     def _build_model(self) -> AST:
         """The encoder: loaded from ``checkpoint`` or randomly initialised
@@ -141,7 +148,9 @@ class ASTBase(BaseEstimator):
         """
         total = total_sq = 0.0
         count = 0
-        for _, feats in self._iter_fbank(audio, desc="normalization"):
+        for _, feats in self._iter_features(
+            audio, desc="normalization", normalized=False
+        ):
             feats = feats.double()
             total += feats.sum().item()
             total_sq += feats.square().sum().item()
@@ -152,59 +161,47 @@ class ASTBase(BaseEstimator):
 
     # ------------------------------------------------------------------ data path
 
-    @property
-    def _max_frames(self) -> int:
-        return self.model_.config.max_length
-
-    def _iter_fbank(
-        self, audio, *, desc: str
+    def _iter_features(
+        self, audio, *, desc: str, normalized: bool = True
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Yield ``(indices, log-mel (B, max_length, n_mels))`` on the device,
-        not normalised, in order, streaming ``batch_size`` clips at a time.
+        in order, ``batch_size`` clips at a time; normalised unless told not.
 
-        Each batch is padded on the CPU (page-locked for CUDA) and moves to the
-        device in one asynchronous copy, so that preparing the next batch
-        overlaps the device's work on this one. Float32 clips are read in
-        place, not copied first: the padding is their only copy.
+        Each batch is padded on the CPU as it is loaded (into page-locked
+        memory for CUDA) and moves to the device in one asynchronous copy, so
+        that preparing the next batch overlaps the device's work on this one.
+        Float32 clips are read in place, not copied first: the padding is
+        their only copy.
         """
-        bar = progress_bar(total=len(audio), enabled=bool(self.verbose), desc=desc)
         device = torch.device(self.device_)
-        try:
-            for batch in _batches.iter_batches(
-                audio,
-                sample_rate=self.sample_rate,
-                batch_size=self.batch_size,
-                num_workers=self.num_workers,
-                copy=False,
-            ):
-                indices = [i for i, _ in batch]
-                waves, lengths = _features.pad_waveforms(
-                    [w for _, w in batch],
-                    max_length=self._max_frames,
-                    pin_memory=device.type == "cuda",
-                )
+        config = self.model_.config
+        batches = _batches.load_batches(
+            audio,
+            sample_rate=self.sample_rate,
+            batch_size=self.batch_size,
+            max_length=config.max_length,
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+            copy=False,
+        )
+        bar = progress_bar(total=len(audio), enabled=bool(self.verbose), desc=desc)
+        with bar:
+            for batch in batches:
                 feats = _features.fbank(
-                    waves.to(device, non_blocking=True),
-                    lengths,
-                    max_length=self._max_frames,
-                    num_mel_bins=self.model_.config.num_mel_bins,
+                    batch.to(device),
+                    max_length=config.max_length,
+                    num_mel_bins=config.num_mel_bins,
                 )
+                if normalized:
+                    feats = _features.normalize(feats, *self.normalization_)
                 bar.update(len(batch))
-                yield indices, feats
-        finally:
-            bar.close()
-
-    def _iter_features(self, audio, *, desc: str):
-        """Like :meth:`_iter_fbank`, normalised: what the model takes."""
-        mean, std = self.normalization_
-        for indices, feats in self._iter_fbank(audio, desc=desc):
-            yield indices, _features.normalize(feats, mean, std)
+                yield batch.indices, feats
 
     def _forward_batches(
         self, audio, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str
     ) -> np.ndarray:
-        """:func:`skast._runtime.evaluate` of ``fn`` (features -> (B, k))
-        over every clip's normalised features: float32 numpy (n, k)."""
+        """:func:`skast._runtime.evaluate` of ``fn`` (normalised features ->
+        (B, k)) over every clip: float32 numpy (n, k)."""
         return evaluate(
             self.model_,
             fn,
@@ -213,23 +210,6 @@ class ASTBase(BaseEstimator):
             device=self.device_,
             dtype=self._autocast,
         )
-
-    # ------------------------------------------------------------------ identity
-
-    def _model_fingerprint(self) -> str:
-        """A hash of the weights and everything that changes the outputs."""
-        h = hashlib.sha256()
-        for name, tensor in self.model_.state_dict().items():
-            h.update(name.encode())
-            # the raw bytes, without a copy (a uint8 view serves any dtype)
-            h.update(
-                tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
-            )
-        h.update(repr(self.model_.config).encode())
-        h.update(
-            repr((self.normalization_, self.sample_rate, str(self._autocast))).encode()
-        )
-        return h.hexdigest()
 
     # ------------------------------------------------------------------ pickling
 
@@ -257,3 +237,77 @@ class ASTBase(BaseEstimator):
             self._autocast = resolve_autocast(
                 self.precision, torch.device(self.device_)
             )
+
+
+def resolve_normalization(normalize) -> tuple[float, float]:
+    """The ``(mean, std)`` of a normalisation preset name or pair.
+
+    Parameters
+    ----------
+    normalize : {"audioset", "esc50", "speechcommands"} or (float, float)
+        A preset of the original AST recipes (:data:`skast._recipes.NORM_STATS`; names are
+        case-insensitive) or a ``(mean, std)`` pair of finite real numbers
+        with ``std > 0``.
+
+    Returns
+    -------
+    tuple of (float, float)
+        ``(mean, std)``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown preset name, a pair of the wrong length, a non-finite
+        value or ``std <= 0``.
+    TypeError
+        On any other type, or a pair holding something other than real numbers.
+
+    Examples
+    --------
+    >>> from skast._base import resolve_normalization
+    >>> resolve_normalization("esc50")
+    (-6.6268077, 5.358466)
+    >>> resolve_normalization((0, 0.5))
+    (0.0, 0.5)
+    """
+    accepted = (
+        f"one of {sorted(NORM_STATS)} or a (mean, std) pair of real numbers "
+        "with std > 0"
+    )
+    if isinstance(normalize, str):
+        key = normalize.lower()
+        if key not in NORM_STATS:
+            raise ValueError(
+                f"unknown normalization preset {normalize!r}; expected {accepted}"
+            )
+        return NORM_STATS[key]
+    if isinstance(normalize, torch.Tensor):
+        normalize = normalize.tolist()
+    if isinstance(normalize, np.ndarray):
+        if normalize.ndim != 1:
+            raise ValueError(
+                f"normalization must be a (mean, std) pair, got an array of shape "
+                f"{normalize.shape}; expected {accepted}"
+            )
+        normalize = normalize.tolist()
+    if not isinstance(normalize, (tuple, list)):
+        raise TypeError(
+            f"normalization must be {accepted}, got {type(normalize).__name__}"
+        )
+    if len(normalize) != 2:
+        raise ValueError(
+            f"normalization must be a (mean, std) pair, got {len(normalize)} "
+            f"values {normalize!r}; expected {accepted}"
+        )
+    for name, value in zip(("mean", "std"), normalize):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"normalization {name} must be a real number, got "
+                f"{type(value).__name__} {value!r}; expected {accepted}"
+            )
+        if not math.isfinite(value):
+            raise ValueError(f"normalization {name} must be finite, got {value!r}")
+    mean, std = float(normalize[0]), float(normalize[1])
+    if std <= 0:
+        raise ValueError(f"normalization std must be > 0, got {std!r}")
+    return mean, std

@@ -20,7 +20,7 @@ operations follow torchaudio's order, in float32:
 8. ``log(max(x, eps))`` with eps the float32 machine epsilon.
 
 The mel filter bank is a faithful copy of torchaudio's ``get_mel_banks``
-(tested to be bit-identical to it) built once per ``(num_mel_bins, device)``
+(tested through :func:`fbank` against torchaudio's) built once per ``(num_mel_bins, device)``
 and cached, so this module does not import torchaudio at all (2.11 is
 torchaudio's last release, and the copy is 20 lines); the tests compare
 against torchaudio and transformers. On the CPU most clips come out bit for
@@ -40,23 +40,23 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import operator
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from skast._recipes import NORM_STATS, NUM_MEL_BINS, SAMPLE_RATE
+from skast._recipes import NUM_MEL_BINS, SAMPLE_RATE
 
 __all__ = [
     "FRAME_LENGTH",
     "FRAME_SHIFT",
+    "PaddedBatch",
     "fbank",
     "normalize",
     "num_frames",
     "pad_waveforms",
-    "resolve_normalization",
 ]
 
 FRAME_LENGTH = 400  # samples: 25 ms at 16 kHz
@@ -187,89 +187,103 @@ def _log_mel(waves: torch.Tensor, num_mel_bins: int) -> torch.Tensor:
     return mel.clamp_min(EPSILON).log()
 
 
-def _as_batch(
-    waveforms, lengths, n_keep: int | None, pin_memory: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S) float32 waveforms (S >= 400, at most what ``n_keep`` frames read),
-    zero after each clip's end within the first frame, and CPU int64 lengths.
-    ``pin_memory``: a list of CPU clips is padded into page-locked memory."""
-    if isinstance(waveforms, (torch.Tensor, np.ndarray)):
-        waves = torch.as_tensor(waveforms)
-        if waves.ndim == 1:
-            waves = waves.unsqueeze(0)
-        if waves.ndim != 2:
+@runtime_checkable
+class PaddedBatch(Protocol):
+    """What :func:`fbank` takes as it is, unchecked: clips already padded by
+    :func:`pad_waveforms` (such as :class:`skast._batches.Batch`)."""
+
+    waves: torch.Tensor  # (n_clips, n_samples) float32, as pad_waveforms pads
+    lengths: torch.Tensor  # (n_clips,) int64 on the CPU
+
+
+def _tensor_batch(waveforms, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    """A user's ``(n_clips, n_samples)`` tensor (or one 1-D clip) and its
+    ``lengths``, checked: the waveforms as they are and CPU int64 lengths."""
+    waves = torch.as_tensor(waveforms)
+    if waves.ndim == 1:
+        waves = waves.unsqueeze(0)
+    if waves.ndim != 2:
+        raise ValueError(
+            "waveforms must be a (n_clips, n_samples) tensor or a list of 1-D "
+            f"tensors, got a tensor of shape {tuple(waves.shape)}"
+        )
+    _check_float(waves.dtype, "waveforms")
+    n_clips, width = waves.shape
+    if lengths is None:
+        return waves, torch.full((n_clips,), width, dtype=torch.int64)
+    lens = torch.as_tensor(lengths).detach().to("cpu")
+    if lens.is_floating_point() or lens.is_complex() or lens.dtype == torch.bool:
+        raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
+    lens = lens.to(torch.int64).reshape(-1)
+    if len(lens) != n_clips:
+        raise ValueError(f"lengths has {len(lens)} entries for {n_clips} waveforms")
+    if n_clips and int(lens.max()) > width:
+        raise ValueError(
+            f"lengths must not exceed the waveforms' width {width}, "
+            f"got {int(lens.max())}"
+        )
+    return waves, lens
+
+
+def _list_batch(waveforms) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A user's list of 1-D float clips, checked, and their CPU int64 lengths."""
+    if isinstance(waveforms, (str, bytes)) or not isinstance(waveforms, Sequence):
+        raise TypeError(
+            "waveforms must be a (n_clips, n_samples) tensor or a list of 1-D "
+            f"tensors, got {type(waveforms).__name__}"
+        )
+    clips = [torch.as_tensor(w) for w in waveforms]
+    for i, w in enumerate(clips):
+        if w.ndim != 1:
             raise ValueError(
-                "waveforms must be a (n_clips, n_samples) tensor or a list of 1-D "
-                f"tensors, got a tensor of shape {tuple(waves.shape)}"
+                f"clip {i} must be 1-D, got a tensor of shape {tuple(w.shape)}"
             )
-        _check_float(waves.dtype, "waveforms")
-        n_clips, width = waves.shape
-        if lengths is None:
-            lens = torch.full((n_clips,), width, dtype=torch.int64)
-        else:
-            lens = torch.as_tensor(lengths).detach().to("cpu")
-            if (
-                lens.is_floating_point()
-                or lens.is_complex()
-                or lens.dtype == torch.bool
-            ):
-                raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
-            lens = lens.to(torch.int64).reshape(-1)
-            if len(lens) != n_clips:
-                raise ValueError(
-                    f"lengths has {len(lens)} entries for {n_clips} waveforms"
-                )
-            if n_clips and int(lens.max()) > width:
-                raise ValueError(
-                    f"lengths must not exceed the waveforms' width {width}, "
-                    f"got {int(lens.max())}"
-                )
-    else:
-        if lengths is not None:
-            raise ValueError("lengths is only accepted with a 2-D waveforms tensor")
-        if isinstance(waveforms, (str, bytes)) or not isinstance(waveforms, Sequence):
-            raise TypeError(
-                "waveforms must be a (n_clips, n_samples) tensor or a list of 1-D "
-                f"tensors, got {type(waveforms).__name__}"
-            )
-        clips = [torch.as_tensor(w) for w in waveforms]
-        for i, w in enumerate(clips):
-            if w.ndim != 1:
-                raise ValueError(
-                    f"clip {i} must be 1-D, got a tensor of shape {tuple(w.shape)}"
-                )
-            _check_float(w.dtype, f"clip {i}")
-        n_clips = len(clips)
-        lens = torch.tensor([len(w) for w in clips], dtype=torch.int64)
-        waves = None
-    if n_clips == 0:
+        _check_float(w.dtype, f"clip {i}")
+    return clips, torch.tensor([len(w) for w in clips], dtype=torch.int64)
+
+
+def _check_lengths(lens: torch.Tensor) -> None:
+    """At least one clip, and no empty one."""
+    if len(lens) == 0:
         raise ValueError("fbank needs at least one clip, got an empty batch")
     if int(lens.min()) < 1:
         i = int(torch.argmin(lens))
         raise ValueError(f"clip {i} is empty (0 samples); a clip needs at least one")
 
+
+def _width(lens: torch.Tensor, max_length: int | None) -> int:
+    """Samples that the kept frames of the longest clip read (at least 400)."""
     n_frames = int(_frame_counts(lens).max())
-    if n_keep is not None:
-        n_frames = min(n_frames, n_keep)
-    width = _n_samples_for(n_frames)
+    if max_length is not None:
+        n_frames = min(n_frames, max_length)
+    return _n_samples_for(n_frames)
 
-    if waves is None:  # a list: pad it, copying only the samples that are used
-        device = clips[0].device
-        waves = torch.zeros(
-            (n_clips, width), dtype=torch.float32, device=device, pin_memory=pin_memory
-        )
-        for i, w in enumerate(clips):
-            n = min(len(w), width)
-            waves[i, :n] = w[:n]
-        return waves, lens
 
+def _pad_list(clips, width: int, pin_memory: bool) -> torch.Tensor:
+    """The clips zero-padded (or cut) to ``width`` samples, copying only the
+    samples that are read; ``pin_memory``: into page-locked memory."""
+    waves = torch.zeros(
+        (len(clips), width),
+        dtype=torch.float32,
+        device=clips[0].device,
+        pin_memory=pin_memory,
+    )
+    for i, w in enumerate(clips):
+        n = min(len(w), width)
+        waves[i, :n] = w[:n]
+    return waves
+
+
+def _fit_tensor(waves: torch.Tensor, lens: torch.Tensor, width: int) -> torch.Tensor:
+    """A padded float tensor as float32 of ``width`` samples, zero after the
+    end of clips shorter than one frame (whatever the padding held)."""
     waves = waves[:, :width].to(torch.float32)
     if waves.shape[1] < width:  # every clip is shorter than one frame
         waves = torch.nn.functional.pad(waves, (0, width - waves.shape[1]))
     if int(lens.min()) < FRAME_LENGTH:  # short clips read past their end: zero it
         idx = torch.arange(width, device=waves.device)
         waves = waves.masked_fill(idx >= lens.to(waves.device)[:, None], 0.0)
-    return waves, lens
+    return waves
 
 
 def pad_waveforms(
@@ -300,6 +314,13 @@ def pad_waveforms(
         Each clip's samples in ``waveforms``: ``fbank(waveforms, lengths,
         max_length=max_length)`` equals ``fbank(list, max_length=max_length)``.
 
+    Raises
+    ------
+    ValueError
+        On an empty list, an empty clip or a clip that is not 1-D.
+    TypeError
+        On a tensor (not a list) or integer samples.
+
     Examples
     --------
     >>> import torch
@@ -313,8 +334,10 @@ def pad_waveforms(
     """
     if isinstance(waveforms, (torch.Tensor, np.ndarray)):
         raise TypeError("pad_waveforms takes a list of 1-D tensors")
-    waves, lens = _as_batch(waveforms, None, max_length, pin_memory=pin_memory)
-    return waves, lens.clamp(max=waves.shape[1])
+    clips, lens = _list_batch(waveforms)
+    _check_lengths(lens)
+    width = _width(lens, max_length)
+    return _pad_list(clips, width, pin_memory), lens.clamp(max=width)
 
 
 def _check_float(dtype: torch.dtype, what: str) -> None:
@@ -349,7 +372,10 @@ def fbank(
         Mono float waveforms in [-1, 1] at 16 kHz. A 2-D tensor holds clips
         zero-padded at the end, with their true sample counts in ``lengths``;
         a list holds clips of any lengths on one device. A 1-D tensor is one
-        clip. Samples are cast to float32. NaN and inf are not checked.
+        clip. Samples are cast to float32. NaN and inf are not checked. A
+        :class:`PaddedBatch` (``waves`` and ``lengths`` as
+        :func:`pad_waveforms` returns them, such as the batches of
+        :func:`skast._batches.load_batches`) is used as it is, unchecked.
     lengths : torch.Tensor or sequence of int of shape (n_clips,), default=None
         True sample counts of the rows of a 2-D ``waveforms``; ``None`` means
         every row is a full clip. Not accepted with a list.
@@ -393,6 +419,16 @@ def fbank(
     torch.Size([2, 98, 128])
     >>> fbank(torch.zeros(2, 16000), lengths=[16000, 8000], max_length=128).shape
     torch.Size([2, 128, 128])
+
+    A batch padded when it was loaded is not checked or padded again:
+
+    >>> import numpy as np
+    >>> from skast._audio import check_audio_input
+    >>> from skast._batches import load_batches
+    >>> audio = check_audio_input([np.zeros(16000), np.zeros(8000)])
+    >>> batch = next(load_batches(audio, sample_rate=16000, batch_size=2))
+    >>> torch.equal(fbank(batch), fbank(waves))
+    True
     """
     if max_length is not None:
         max_length = operator.index(max_length)
@@ -402,9 +438,30 @@ def fbank(
     if num_mel_bins <= 3:
         raise ValueError(f"num_mel_bins must be at least 4, got {num_mel_bins}")
 
-    waves, lens = _as_batch(waveforms, lengths, max_length)
+    if isinstance(waveforms, PaddedBatch):  # padded once, as it was loaded
+        waves, lens = waveforms.waves, waveforms.lengths
+    elif isinstance(waveforms, (torch.Tensor, np.ndarray)):
+        waves, lens = _tensor_batch(waveforms, lengths)
+        _check_lengths(lens)
+        waves = _fit_tensor(waves, lens, _width(lens, max_length))
+    else:
+        if lengths is not None:
+            raise ValueError("lengths is only accepted with a 2-D waveforms tensor")
+        clips, lens = _list_batch(waveforms)
+        _check_lengths(lens)
+        waves = _pad_list(clips, _width(lens, max_length), pin_memory=False)
+    return _fbank_padded(waves, lens, max_length, num_mel_bins)
+
+
+def _fbank_padded(
+    waves: torch.Tensor, lengths: torch.Tensor, max_length, num_mel_bins: int
+) -> torch.Tensor:
+    """:func:`fbank` of float32 ``waves`` padded as :func:`pad_waveforms`
+    pads them and CPU int64 ``lengths``, computed as they are."""
     n_clips = waves.shape[0]
-    n_computed = num_frames(waves.shape[1])  # every frame of waves is kept
+    n_computed = num_frames(waves.shape[1])  # the full frames of waves
+    if max_length is not None:
+        n_computed = min(n_computed, max_length)
     n_out = n_computed if max_length is None else max_length
     feats = waves.new_empty((n_clips, n_out, num_mel_bins))
     # A few thousand frames at a time keep the CPU's temporaries in cache
@@ -421,7 +478,7 @@ def fbank(
             block = waves[c0:c1, t0 * FRAME_SHIFT : _n_samples_for(t1)]
             feats[c0:c1, t0:t1] = _log_mel(block, num_mel_bins)
     feats[:, n_computed:] = 0.0
-    counts = _frame_counts(lens)
+    counts = _frame_counts(lengths)
     if int(counts.min()) < n_computed:  # frames past a clip's end are 0.0
         frame_idx = torch.arange(n_out, device=feats.device)
         past_end = frame_idx >= counts.to(feats.device)[:, None]
@@ -430,80 +487,6 @@ def fbank(
 
 
 # --------------------------------------------------------------------------- normalisation
-
-
-def resolve_normalization(normalize) -> tuple[float, float]:
-    """The ``(mean, std)`` of a normalisation preset name or pair.
-
-    Parameters
-    ----------
-    normalize : {"audioset", "esc50", "speechcommands"} or (float, float)
-        A preset of the original AST recipes (:data:`skast._recipes.NORM_STATS`; names are
-        case-insensitive) or a ``(mean, std)`` pair of finite real numbers
-        with ``std > 0``.
-
-    Returns
-    -------
-    tuple of (float, float)
-        ``(mean, std)``.
-
-    Raises
-    ------
-    ValueError
-        On an unknown preset name, a pair of the wrong length, a non-finite
-        value or ``std <= 0``.
-    TypeError
-        On any other type, or a pair holding something other than real numbers.
-
-    Examples
-    --------
-    >>> from skast._features import resolve_normalization
-    >>> resolve_normalization("esc50")
-    (-6.6268077, 5.358466)
-    >>> resolve_normalization((0, 0.5))
-    (0.0, 0.5)
-    """
-    accepted = (
-        f"one of {sorted(NORM_STATS)} or a (mean, std) pair of real numbers "
-        "with std > 0"
-    )
-    if isinstance(normalize, str):
-        key = normalize.lower()
-        if key not in NORM_STATS:
-            raise ValueError(
-                f"unknown normalization preset {normalize!r}; expected {accepted}"
-            )
-        return NORM_STATS[key]
-    if isinstance(normalize, torch.Tensor):
-        normalize = normalize.tolist()
-    if isinstance(normalize, np.ndarray):
-        if normalize.ndim != 1:
-            raise ValueError(
-                f"normalization must be a (mean, std) pair, got an array of shape "
-                f"{normalize.shape}; expected {accepted}"
-            )
-        normalize = normalize.tolist()
-    if not isinstance(normalize, (tuple, list)):
-        raise TypeError(
-            f"normalization must be {accepted}, got {type(normalize).__name__}"
-        )
-    if len(normalize) != 2:
-        raise ValueError(
-            f"normalization must be a (mean, std) pair, got {len(normalize)} "
-            f"values {normalize!r}; expected {accepted}"
-        )
-    for name, value in zip(("mean", "std"), normalize):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(
-                f"normalization {name} must be a real number, got "
-                f"{type(value).__name__} {value!r}; expected {accepted}"
-            )
-        if not math.isfinite(value):
-            raise ValueError(f"normalization {name} must be finite, got {value!r}")
-    mean, std = float(normalize[0]), float(normalize[1])
-    if std <= 0:
-        raise ValueError(f"normalization std must be > 0, got {std!r}")
-    return mean, std
 
 
 def normalize(features: torch.Tensor, mean: float, std: float) -> torch.Tensor:

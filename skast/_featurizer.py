@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import re
-import tempfile
-import warnings
 from numbers import Integral
-from pathlib import Path
 
 import joblib
 import numpy as np
@@ -21,18 +15,11 @@ from sklearn.base import (
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skast import _audio
+from skast import _audio, _cache
 from skast._base import ASTBase
 from skast._model import POOLINGS
 
 __all__ = ["ASTFeaturizer"]
-
-# Bumped whenever what a cached file holds changes meaning.
-_CACHE_FORMAT = "skast-embeddings-v1"
-# Missing clips are embedded and written to the cache this many at a time, so an
-# interrupted run keeps most of its work.
-_CACHE_CHUNK = 512
-_HEX = re.compile(r"[0-9a-fA-F]{16,128}")
 
 
 class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
@@ -234,10 +221,11 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         """
         with self._rollback_on_error():  # a failed fit changes nothing
             self._setup(_audio.check_audio_input(X))
-            self.model_._layer_index(self.layer)  # "layer must be in [...]"
+            self.model_.layer_index(self.layer)  # "layer must be in [...]"
             self._n_features_out = self.model_.config.hidden_size
             # hashing the weights takes a moment: only when a cache will use it
-            self._fingerprint = self._model_fingerprint() if self._cache_dir() else None
+            cached = _cache.cache_dir(self.cache) is not None
+            self._fingerprint = self._model_fingerprint() if cached else None
         return self
 
     def transform(self, X):
@@ -256,10 +244,16 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         """
         check_is_fitted(self)
         audio = _audio.check_audio_input(X)
-        cache_dir = self._cache_dir()
-        if cache_dir is None:
+        folder = _cache.cache_dir(self.cache)
+        if folder is None:
             return self._embed(audio)
-        return self._transform_cached(audio, cache_dir)
+        return _cache.embed_cached(
+            audio,
+            self._embed,
+            folder=folder,
+            key=self._cache_key(),
+            n_features=self._n_features_out,
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -273,9 +267,10 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         if getattr(self, "_fingerprint", None) is not None:
             self._fingerprint = self._model_fingerprint()
 
-    # ------------------------------------------------------------- model, embedding
+    # ------------------------------------------------------------------ embedding
 
     def _embed(self, audio, desc: str = "embedding") -> np.ndarray:
+        """The pooled hidden state at ``layer`` of every clip."""
         model, layer, pooling = self.model_, self.layer, self.pooling
 
         def embed(x):
@@ -285,93 +280,15 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
 
     # ------------------------------------------------------------------ cache
 
-    def _cache_dir(self) -> Path | None:
-        cache = self.cache
-        if isinstance(cache, joblib.Memory):
-            cache = cache.location
-        if cache is None:
-            return None
-        return Path(cache) / "skast-embeddings"
+    def _model_fingerprint(self) -> str:
+        """A hash of the weights and every fitted setting that changes them."""
+        settings = (self.normalization_, self.sample_rate, str(self._autocast))
+        return _cache.model_fingerprint(self.model_, settings)
 
     def _cache_key(self) -> str:
         """The fitted model's fingerprint and the settings read at transform
         time (so that ``set_params`` after ``fit`` cannot serve stale files)."""
         fingerprint = getattr(self, "_fingerprint", None) or self._model_fingerprint()
-        h = hashlib.sha256(_CACHE_FORMAT.encode())
-        h.update(fingerprint.encode())
-        h.update(repr((self.pooling, self.layer, self.sample_rate)).encode())
-        return h.hexdigest()
-
-    def _transform_cached(self, audio, cache_dir: Path) -> np.ndarray:
-        folder = cache_dir / self._cache_key()[:16]
-        n_out = self._n_features_out
-        out = np.empty((len(audio), n_out), dtype=np.float32)
-        missing: dict[str, list[int]] = {}  # clip hash -> its indices in X
-        for i in range(len(audio)):
-            clip = _safe_name(audio.fingerprint(i))
-            if clip in missing:
-                missing[clip].append(i)
-                continue
-            row = _read_embedding(folder / clip[:2] / f"{clip}.npy", n_out)
-            if row is None:
-                missing[clip] = [i]
-            else:
-                out[i] = row
-        todo = list(missing.items())
-        n_chunks = -(-len(todo) // _CACHE_CHUNK)
-        warned = False
-        for c in range(n_chunks):
-            chunk = todo[c * _CACHE_CHUNK : (c + 1) * _CACHE_CHUNK]
-            desc = "embedding" if n_chunks == 1 else f"embedding {c + 1}/{n_chunks}"
-            sub = audio.subset([indices[0] for _, indices in chunk])
-            rows = self._embed(sub, desc=desc)
-            for (clip, indices), row in zip(chunk, rows):
-                out[indices] = row
-                try:
-                    _write_embedding(folder / clip[:2] / f"{clip}.npy", row)
-                except OSError as err:
-                    if not warned:
-                        warnings.warn(
-                            f"could not write to the embedding cache {cache_dir}: "
-                            f"{err}; embeddings are computed but not cached",
-                            UserWarning,
-                            stacklevel=3,
-                        )
-                        warned = True
-        return out
-
-
-def _safe_name(fingerprint: str) -> str:
-    """A clip's content hash as a file name (hashed again unless plain hex)."""
-    if _HEX.fullmatch(fingerprint):
-        return fingerprint.lower()
-    return hashlib.sha256(fingerprint.encode()).hexdigest()
-
-
-def _read_embedding(path: Path, n_out: int) -> np.ndarray | None:
-    """A cached embedding, or ``None`` if missing, unreadable or malformed."""
-    try:
-        row = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if row.shape != (n_out,) or row.dtype != np.float32:
-        return None
-    return row
-
-
-def _write_embedding(path: Path, row: np.ndarray) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename.
-
-    Concurrent writers of the same clip each rename a complete file over the
-    other's; readers never see a partial one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(row, dtype=np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        return _cache.cache_key(
+            fingerprint, (self.pooling, self.layer, self.sample_rate)
+        )

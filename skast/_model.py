@@ -16,7 +16,6 @@ This module knows nothing of scikit-learn.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -342,7 +341,38 @@ class AST(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=std)
                 nn.init.zeros_(module.bias)
 
-    def _layer_index(self, layer: int | None) -> int:
+    def layer_index(self, layer: int | None) -> int:
+        """The number of blocks that ``forward_features(x, layer)`` runs.
+
+        Parameters
+        ----------
+        layer : int or None
+            A hidden state as in transformers' ``hidden_states`` (0 = the
+            embeddings, ``i`` = the output of block ``i``, negative counts
+            from the end); ``None``: the last block's.
+
+        Returns
+        -------
+        int
+            In ``[0, num_hidden_layers]``.
+
+        Raises
+        ------
+        ValueError
+            If ``layer`` is outside ``[-num_hidden_layers - 1, num_hidden_layers]``.
+
+        Examples
+        --------
+        >>> from skast._model import AST, ASTConfig
+        >>> model = AST(ASTConfig(hidden_size=32, num_hidden_layers=2,
+        ...                       num_attention_heads=2, intermediate_size=64))
+        >>> model.layer_index(None), model.layer_index(-1), model.layer_index(0)
+        (2, 2, 0)
+        >>> model.layer_index(3)
+        Traceback (most recent call last):
+        ...
+        ValueError: layer must be in [-3, 2] for a 2-layer model, got 3
+        """
         n = self.config.num_hidden_layers
         if layer is None:
             return n
@@ -372,7 +402,7 @@ class AST(nn.Module):
         -------
         torch.Tensor of shape (batch, 2 + num_patches, hidden_size)
         """
-        stop = self._layer_index(layer)
+        stop = self.layer_index(layer)
         expected = (self.config.max_length, self.config.num_mel_bins)
         if x.ndim != 3 or tuple(x.shape[1:]) != expected:
             raise ValueError(
@@ -412,14 +442,30 @@ class AST(nn.Module):
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
     def forward_head(
-        self, pooled: torch.Tensor, pre_logits: bool = False
+        self, tokens: torch.Tensor, pre_logits: bool = False
     ) -> torch.Tensor:
-        """Logits from the pooled vector (or the vector itself if ``pre_logits``)."""
+        """The head on token states, as timm's ``forward_head``.
+
+        Parameters
+        ----------
+        tokens : torch.Tensor of shape (batch, 2 + num_patches, hidden_size)
+            The output of :meth:`forward_features`.
+        pre_logits : bool, default=False
+            Return the pooled vector (the reference pooling, ``(cls + dist) /
+            2``, which the head was trained on) instead of the logits.
+
+        Returns
+        -------
+        torch.Tensor of shape (batch, num_labels) or (batch, hidden_size)
+            Raw logits (no sigmoid or softmax), or the pooled vector with
+            ``pre_logits`` or a model without a head.
+        """
+        pooled = self.pool(tokens)
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (raw, no sigmoid/softmax) for a normalised spectrogram batch."""
-        return self.forward_head(self.pool(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
     def flops_per_clip(self) -> float:
         """Approximate forward FLOPs for one clip (2 per multiply-accumulate)."""
@@ -467,8 +513,3 @@ def adapt_position_embeddings(
         grid = F.interpolate(grid, size=(f1, t1), mode="bilinear")
     patches = grid.reshape(1, d, f1 * t1).transpose(1, 2).to(pos_embed.dtype)
     return torch.cat((special, patches), dim=1).contiguous()
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(math.prod(p.shape) for p in model.parameters())

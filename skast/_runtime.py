@@ -1,4 +1,5 @@
-"""Devices, precision, progress bars and the CUDA out-of-memory fallback.
+"""Devices, precision, the evaluation loop with its out-of-memory fallback,
+progress bars and :class:`DeviceWarning`.
 
 Small functions the estimators share; nothing here knows of scikit-learn.
 """
@@ -6,6 +7,9 @@ Small functions the estimators share; nothing here knows of scikit-learn.
 from __future__ import annotations
 
 import contextlib
+import os
+import pickle
+import sys
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,6 +20,7 @@ import torch
 T = TypeVar("T")
 
 __all__ = [
+    "DeviceWarning",
     "resolve_device",
     "resolve_autocast",
     "autocast",
@@ -106,11 +111,29 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+class DeviceWarning(UserWarning):
+    """A fitted estimator runs on another device than the one it was fitted on.
+
+    Warned when an estimator is loaded (``joblib.load``, ``pickle.load``)
+    where the device it was fitted on is missing: it runs on the CPU.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from skast import DeviceWarning
+    >>> issubclass(DeviceWarning, UserWarning)
+    True
+    >>> with warnings.catch_warnings():  # load on the CPU without a word
+    ...     warnings.simplefilter("ignore", DeviceWarning)
+    """
+
+
 def device_on_load(device: str) -> str:
     """The device a fitted estimator restored from a pickle runs on.
 
-    The device it was fitted on when that exists here; otherwise the CPU, with
-    a warning.
+    The device it was fitted on when that exists here; otherwise the CPU,
+    with a :class:`DeviceWarning` that points at the code that loaded the
+    estimator (the first frame outside skast, joblib and pickle).
 
     Examples
     --------
@@ -132,10 +155,29 @@ def device_on_load(device: str) -> str:
         f"this estimator was fitted on device '{device}', which is not available "
         "here; it will run on the CPU. Use set_params(device=...) and refit to "
         "choose another device.",
-        UserWarning,
-        stacklevel=3,
+        DeviceWarning,
+        stacklevel=_stacklevel_outside(_loader_paths()),
     )
     return "cpu"
+
+
+def _loader_paths() -> tuple[str, ...]:
+    """Where the frames between a user's ``load`` call and ours come from:
+    skast itself, the pickle module and joblib (when imported)."""
+    paths = [os.path.dirname(__file__) + os.sep, pickle.__file__]
+    joblib = sys.modules.get("joblib")
+    if joblib is not None:
+        paths.append(os.path.dirname(joblib.__file__) + os.sep)
+    return tuple(paths)
+
+
+def _stacklevel_outside(paths: tuple[str, ...]) -> int:
+    """The ``stacklevel`` of the first frame, from the caller of this
+    function's caller outwards, whose file is not under ``paths``."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(paths):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -173,17 +215,19 @@ def map_in_pieces(fn: Callable, x, device, limit: int | None = None):
     """
     n = len(x)
     outputs = []
-    done = 0
-
-    def attempt(size):
-        nonlocal done
-        while done < n:
-            outputs.append(fn(x[done : done + size]))
-            done = min(done + size, n)
-
-    first = min(n, limit or n)
-    _, size = retry_halving_on_oom(attempt, first, device)
-    return outputs, (limit if size == first else size)
+    size = min(n, limit or n)
+    halved = False
+    start = 0
+    while start < n:
+        piece = min(size, n - start)
+        output, ran = retry_halving_on_oom(
+            lambda k, start=start: fn(x[start : start + k]), piece, device
+        )
+        outputs.append(output)
+        start += ran
+        if ran < piece:
+            size, halved = ran, True
+    return outputs, (size if halved else limit)
 
 
 def evaluate(
@@ -235,34 +279,37 @@ def evaluate(
     (3, 2)
     """
     device = torch.device(device)
-    out = None
-    limit = None  # after an out-of-memory error: the largest piece that ran
 
     def run(piece):
         with autocast(device, dtype):
             return HostCopy(fn(piece).float())
 
-    def collect(indices, parts):
-        nonlocal out
-        result = np.concatenate([part.wait() for part in parts])
-        if out is None:
-            out = np.empty((n, result.shape[1]), dtype=np.float32)
-        out[indices] = result
-
+    out = None
+    limit = None  # after an out-of-memory error: the largest piece that ran
+    in_flight = None  # the last batch's (indices, host copies), still copying
     was_training = model.training
     model.eval()
-    pending = None
     try:
         with torch.inference_mode():
             for indices, x in batches:
                 parts, limit = map_in_pieces(run, x, device, limit)
-                if pending is not None:
-                    collect(*pending)
-                pending = (indices, parts)
-            if pending is not None:
-                collect(*pending)
+                if in_flight is not None:
+                    out = _store(out, n, *in_flight)
+                in_flight = (indices, parts)
+            if in_flight is not None:
+                out = _store(out, n, *in_flight)
     finally:
         model.train(was_training)
+    return out
+
+
+def _store(out: np.ndarray | None, n: int, indices, parts) -> np.ndarray:
+    """``out`` (made ``(n, k)`` on the first call) with the rows of one batch
+    at ``indices``, once their copies to the host are done."""
+    rows = np.concatenate([part.wait() for part in parts])
+    if out is None:
+        out = np.empty((n, rows.shape[1]), dtype=np.float32)
+    out[indices] = rows
     return out
 
 

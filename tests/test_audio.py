@@ -18,7 +18,7 @@ from skast._audio import (
     check_audio_input,
     to_waveform,
 )
-from skast._batches import AudioDataset, iter_batches
+from skast._batches import AudioDataset, load_batches
 from skast._decode import load_audio
 from skast._recipes import SAMPLE_RATE
 
@@ -439,48 +439,6 @@ def test_dataset_is_picklable(tmp_path, wave):
         assert out.shape == (3200,)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_iter_batches_in_order(tmp_path, num_workers):
-    paths = [
-        write(tmp_path / f"{i}.wav", np.full(400 + i, i / 10, np.float32), 16000)
-        for i in range(7)
-    ]
-    audio = check_audio_input(paths)
-    batches = list(
-        iter_batches(audio, sample_rate=16000, batch_size=3, num_workers=num_workers)
-    )
-    assert [len(b) for b in batches] == [3, 3, 1]
-    flat = [pair for batch in batches for pair in batch]
-    assert [i for i, _ in flat] == list(range(7))
-    for i, w in flat:
-        assert w.dtype == torch.float32 and w.shape == (400 + i,)
-        torch.testing.assert_close(w, torch.full((400 + i,), i / 10), atol=1e-4, rtol=0)
-
-    (tmp_path / "3.wav").write_text("corrupt")
-    batches = iter_batches(
-        audio, sample_rate=16000, batch_size=3, num_workers=num_workers
-    )
-    assert [i for i, _ in next(batches)] == [0, 1, 2]
-    with pytest.raises(ValueError) as info:
-        next(batches)
-    message = str(info.value)
-    assert re.match(r"clip 3: cannot read audio file '.*3\.wav'", message)
-    assert "Traceback" not in message and "worker" not in message
-    if num_workers:  # the worker's traceback is chained, for debugging
-        assert "load_audio" in str(info.value.__cause__)
-
-
-def test_iter_batches_arrays_in_workers(rng):
-    clips = [rng.standard_normal(n).astype(np.float32) for n in (800, 50, 333, 1)]
-    clips.append(np.array([0.0, np.inf]))
-    audio = check_audio_input(clips, check_clips=False)
-    batches = iter_batches(audio, sample_rate=8000, batch_size=2, num_workers=2)
-    for i, w in next(batches) + next(batches):
-        torch.testing.assert_close(w, resample(clips[i], 8000), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="^clip 4: the clip contains NaN"):
-        next(batches)
-
-
 @pytest.mark.parametrize("as_2d", [False, True])
 def test_parallel_checks_name_the_first_bad_clip(monkeypatch, rng, as_2d):
     from skast import _audio
@@ -516,28 +474,6 @@ def test_loading_without_a_copy_shares_only_writeable_float32(wave):
         # resampled clips are new in any case
         out = check_audio_input(X).load(0, sample_rate=8000, copy=False)
         assert not np.shares_memory(out.numpy(), X)
-    (batch,) = iter_batches(
-        check_audio_input(X), sample_rate=16000, batch_size=2, copy=False
-    )
-    assert all(np.shares_memory(w.numpy(), X) for _, w in batch)
-    (batch,) = iter_batches(check_audio_input(X), sample_rate=16000, batch_size=2)
-    assert not any(np.shares_memory(w.numpy(), X) for _, w in batch)
-
-
-def test_iter_batches_takes_any_clip_source(wave):
-    class Reversed:  # what the estimators pass for subsets of X
-        def __init__(self, audio):
-            self.audio = audio
-
-        def __len__(self):
-            return len(self.audio)
-
-        def load(self, i, sample_rate):
-            return self.audio.load(len(self.audio) - 1 - i, sample_rate)
-
-    audio = Reversed(check_audio_input([wave[:10], wave[:20]]))
-    (batch,) = iter_batches(audio, sample_rate=16000, batch_size=4)
-    assert [(i, w.shape[0]) for i, w in batch] == [(0, 20), (1, 10)]
 
 
 def test_subsets_name_clips_as_in_X(tmp_path, wave):
@@ -559,7 +495,7 @@ def test_subsets_name_clips_as_in_X(tmp_path, wave):
     with pytest.raises(IndexError):
         sub.load(3)
     with pytest.raises(ValueError, match="^clip 4: cannot read"):
-        list(iter_batches(sub, sample_rate=16000, batch_size=2, num_workers=2))
+        list(load_batches(sub, sample_rate=16000, batch_size=2, num_workers=2))
     clone = pickle.loads(pickle.dumps(sub))
     assert clone[1] == paths[1] and clone.load(1).equal(audio.load(1))
 
@@ -568,8 +504,9 @@ def test_subsets_name_clips_as_in_X(tmp_path, wave):
     assert rows[0].base is X  # not copied
     assert rows.load(0).equal(torch.tensor(2 * wave))
     assert rows.fingerprint(1) == check_audio_input(X).fingerprint(0)
-    batch = next(iter_batches(rows, sample_rate=8000, batch_size=5))
-    assert [(i, len(w)) for i, w in batch] == [(0, 3200), (1, 3200)]
+    batch = next(load_batches(rows, sample_rate=8000, batch_size=5))
+    assert batch.indices == [0, 1]
+    assert torch.equal(batch.waves[1], rows.load(1, 8000)[: batch.waves.shape[1]])
 
 
 # ----------------------------------------------------------------------- pandas

@@ -1,5 +1,7 @@
 """skast._features: kaldi fbank parity, padding, normalisation."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -8,12 +10,11 @@ import torchaudio.compliance.kaldi as kaldi
 from skast._features import (
     FRAME_LENGTH,
     FRAME_SHIFT,
-    _mel_matrix,
+    PaddedBatch,
     fbank,
     normalize,
     num_frames,
     pad_waveforms,
-    resolve_normalization,
 )
 from skast._recipes import NORM_STATS, NUM_MEL_BINS, SAMPLE_RATE
 
@@ -68,13 +69,22 @@ def test_constants():
     assert NORM_STATS["speechcommands"] == (-6.845978, 5.5654526)
 
 
-def test_mel_matrix_is_torchaudios():
-    banks, _ = kaldi.get_mel_banks(128, 512, 16000.0, 20.0, 0.0, 100.0, -500.0, 1.0)
-    banks = torch.nn.functional.pad(banks, (0, 1))
-    ours = _mel_matrix(128, "cpu")
-    assert ours.dtype == torch.float32 and ours.shape == (257, 128)
-    assert torch.equal(ours, banks.T)
-    assert _mel_matrix(128, "cpu") is ours  # cached
+def test_mel_filter_bank_is_torchaudios():
+    # the filter bank is compared through fbank: energy in one FFT bin at a
+    # time (a pure tone at its centre frequency, under the Hann window) weighs
+    # the mel bins as kaldi's filters do; 1e-4 on log-mel values as above
+    t = np.arange(16000) / SAMPLE_RATE
+    for k in (1, 7, 40, 128, 255):
+        tone = torch.from_numpy(np.sin(2 * np.pi * k * 31.25 * t).astype(np.float32))
+        for bins in (23, 128):
+            ref = kaldi.fbank(
+                tone[None],
+                sample_frequency=16000,
+                window_type="hanning",
+                num_mel_bins=bins,
+            )
+            ours = fbank([tone], num_mel_bins=bins)[0]
+            torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("index", range(len(LENGTHS)))
@@ -204,18 +214,18 @@ def test_fbank_casts_to_float32_and_other_mel_counts():
     )
 
 
-def test_fbank_blocks_and_inputs(clips, monkeypatch):
-    import skast._features as features
-
-    batch = clips[:6]
-    expected = fbank(batch, max_length=600)
-    short = fbank(batch, max_length=30)
-    # tiny blocks: long clips cut along time, or several clips per block
-    monkeypatch.setattr(features, "_CPU_CHUNK_FRAMES", 70)
+def test_fbank_blocks_and_inputs(clips, references):
+    # the CPU computes a few thousand frames at a time: a clip longer than a
+    # block (45 s, 4498 frames) is cut along time, and a batch of clips of
+    # 1000 frames takes several blocks of a few clips
+    long = make_clip(720000, seed=99)
+    torch.testing.assert_close(fbank([long])[0], kaldi_fbank(long), atol=1e-4, rtol=0)
+    batch = [make_clip(160240 + 7 * i, seed=i) for i in range(6)]
     before = [w.clone() for w in batch]
-    blocked = fbank(batch, max_length=600)
-    torch.testing.assert_close(blocked, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(fbank(batch, max_length=30), short, atol=1e-5, rtol=0)
+    together = fbank(batch)
+    assert together.shape == (6, 1000, NUM_MEL_BINS)
+    for row, wave in zip(together, batch):
+        torch.testing.assert_close(row, fbank([wave])[0], atol=1e-5, rtol=0)
     assert all(torch.equal(w, b) for w, b in zip(batch, before))
     padded = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True)
     copy = padded.clone()
@@ -230,20 +240,15 @@ def test_fbank_is_differentiable():
 
 
 def test_fbank_is_differentiable_after_a_run_in_inference_mode():
-    # the window and mel matrix are cached per device: when the first call
-    # ran under inference_mode (as transform does), they must not be
-    # inference tensors, which autograd refuses to save
-    from skast._features import _mel_matrix, _window
-
-    _window.cache_clear()
-    _mel_matrix.cache_clear()
+    # the mel filter bank is built once per (bins, device) and kept: when it
+    # is first built under inference_mode (as transform runs), it must not be
+    # an inference tensor, which autograd refuses to save. 41 bins are used
+    # nowhere else, so it is first built here.
     wave = make_clip(3000, seed=3)
     with torch.inference_mode():
-        fbank([wave], max_length=30)
-    assert not _window("cpu").is_inference()
-    assert not _mel_matrix(NUM_MEL_BINS, "cpu").is_inference()
+        fbank([wave], max_length=30, num_mel_bins=41)
     wave.requires_grad_()
-    fbank([wave], max_length=30).sum().backward()
+    fbank([wave], max_length=30, num_mel_bins=41).sum().backward()
     assert wave.grad is not None and torch.isfinite(wave.grad).all()
 
 
@@ -280,6 +285,25 @@ def test_pad_waveforms_gives_the_same_fbank_as_a_list():
         )
     with pytest.raises(TypeError, match="list of 1-D tensors"):
         pad_waveforms(torch.zeros(2, 400))
+    with pytest.raises(ValueError, match="empty"):
+        pad_waveforms([torch.zeros(400), torch.zeros(0)])
+
+
+def test_fbank_of_a_padded_batch():
+    # what the estimators run: the batch padded once, as it was loaded, and
+    # taken as it is (a PaddedBatch: anything with waves and lengths)
+    clips = [make_clip(n, seed=n) for n in (16000, 100, 399, 1234, 40000)]
+    for max_length in (None, 1, 10, 98, 300):
+        waves, lengths = pad_waveforms(clips, max_length=max_length)
+        batch = SimpleNamespace(waves=waves, lengths=lengths)
+        assert isinstance(batch, PaddedBatch)
+        assert torch.equal(
+            fbank(batch, max_length=max_length), fbank(clips, max_length=max_length)
+        )
+    out = fbank(batch, max_length=98, num_mel_bins=64)
+    assert torch.equal(out, fbank(clips, max_length=98, num_mel_bins=64))
+    with pytest.raises(ValueError, match="max_length"):  # the settings are checked
+        fbank(batch, max_length=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -296,48 +320,6 @@ def test_pad_waveforms_pins_memory_for_cuda(clips):
 
 
 # --------------------------------------------------------------------------- normalisation
-
-
-def test_resolve_normalization_presets_and_pairs():
-    for name, stats in NORM_STATS.items():
-        assert resolve_normalization(name) == stats
-    assert resolve_normalization("AudioSet") == NORM_STATS["audioset"]
-    assert resolve_normalization((-4, 4.5)) == (-4.0, 4.5)
-    assert resolve_normalization([1, 2]) == (1.0, 2.0)
-    assert resolve_normalization(np.array([0.5, 0.25])) == (0.5, 0.25)
-    mean, std = resolve_normalization((np.float32(1.5), np.int64(3)))
-    assert (mean, std) == (1.5, 3.0)
-    assert type(mean) is float and type(std) is float
-
-
-@pytest.mark.parametrize(
-    "bad, error, match",
-    [
-        ("imagenet", ValueError, "unknown normalization preset 'imagenet'"),
-        ((0.0, -1.0), ValueError, "std must be > 0"),
-        ((0.0, 0.0), ValueError, "std must be > 0"),
-        ((0.0, float("nan")), ValueError, "finite"),
-        ((0.0,), ValueError, "pair, got 1 values"),
-        ((0.0, 1.0, 2.0), ValueError, "pair, got 3 values"),
-        (("a", 1.0), TypeError, "mean must be a real number"),
-        ((0.0, None), TypeError, "std must be a real number"),
-        ((True, 1.0), TypeError, "mean must be a real number"),
-        (None, TypeError, "NoneType"),
-        (3.0, TypeError, "float"),
-    ],
-)
-def test_resolve_normalization_rejects(bad, error, match):
-    with pytest.raises(error, match=match):
-        resolve_normalization(bad)
-
-
-@pytest.mark.parametrize("bad", ["imagenet", None, (1.0,)])
-def test_resolve_normalization_lists_accepted_values(bad):
-    with pytest.raises((TypeError, ValueError)) as info:
-        resolve_normalization(bad)
-    message = str(info.value)
-    assert all(name in message for name in NORM_STATS)
-    assert "(mean, std)" in message
 
 
 def test_normalize():

@@ -82,6 +82,21 @@ def test_layer_selection_matches_manual_forward():
     for bad in (3, -4):
         with pytest.raises(ValueError, match="layer"):
             model.forward_features(x, layer=bad)
+        with pytest.raises(ValueError, match=r"layer must be in \[-3, 2\]"):
+            model.layer_index(bad)
+    assert [model.layer_index(i) for i in (None, 0, 1, 2, -1, -3)] == [2, 0, 1, 2, 2, 0]
+
+
+def test_forward_head_takes_tokens_as_timm():
+    model = randomize_(AST(tiny(id2label={0: "a", 1: "b", 2: "c"}))).eval()
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        pooled = model.forward_head(tokens, pre_logits=True)
+        torch.testing.assert_close(pooled, model.pool(tokens, "mean"), atol=0, rtol=0)
+        logits = model.forward_head(tokens)
+        torch.testing.assert_close(logits, model.head(pooled), atol=0, rtol=0)
+        torch.testing.assert_close(model(x), logits, atol=0, rtol=0)
 
 
 def test_attention_equals_explicit_softmax():

@@ -1,8 +1,13 @@
-"""Device and precision resolution, loading on a machine without the fitted device."""
+"""Device and precision resolution, loading on a machine without the fitted
+device, the evaluation loop and its out-of-memory halving."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import skast
 from skast import _runtime
 
 
@@ -45,9 +50,22 @@ def test_autocast_context_on_cpu():
 
 def test_device_on_load_falls_back_with_a_warning(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.warns(UserWarning, match="not available here; it will run on the CPU"):
+    match = "not available here; it will run on the CPU"
+    with pytest.warns(skast.DeviceWarning, match=match) as record:
         assert _runtime.device_on_load("cuda:0") == "cpu"
+    assert [w.filename for w in record] == [__file__]  # the first frame not ours
     assert _runtime.device_on_load("cpu") == "cpu"
+
+
+def test_device_warning_is_public_and_imported_lazily():
+    assert issubclass(skast.DeviceWarning, UserWarning)
+    assert skast.DeviceWarning is _runtime.DeviceWarning
+    assert "DeviceWarning" in skast.__all__ and "DeviceWarning" in dir(skast)
+    code = (
+        "import sys, skast; assert 'torch' not in sys.modules; "
+        "skast.DeviceWarning; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_is_out_of_memory():
@@ -96,3 +114,13 @@ def test_retry_halving_on_oom_raises_at_one_and_on_other_errors():
     with pytest.raises(RuntimeError, match="shape mismatch"):
         _runtime.retry_halving_on_oom(other_error, 4, "cpu")
     assert sizes == [4]  # not retried
+
+
+def test_evaluate_fills_rows_in_order_and_restores_the_mode():
+    model = torch.nn.Linear(3, 2).train()
+    x = torch.randn(5, 3)
+    batches = [([4, 0], x[[4, 0]]), ([2], x[[2]]), ([1, 3], x[[1, 3]])]
+    out = _runtime.evaluate(model, model, batches, 5, device="cpu", dtype=None)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), atol=0, rtol=0)
+    assert out.dtype == "float32" and model.training
