@@ -4,11 +4,15 @@ import importlib
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ASTClassifier", "ASTFeaturizer", "__version__"]
+__all__ = ["ASTClassifier", "ASTFeaturizer", "__version__", "load"]
 
 # The estimators are imported on first use, so that ``import skast._model`` (or
 # the command line's --help) does not load scikit-learn and the whole stack.
-_LAZY = {"ASTClassifier": "skast._classifier", "ASTFeaturizer": "skast._featurizer"}
+_LAZY = {
+    "ASTClassifier": "skast._classifier",
+    "ASTFeaturizer": "skast._featurizer",
+    "load": "skast._persist",
+}
 
 
 def __getattr__(name):
