@@ -13,6 +13,7 @@ import shutil
 import joblib
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from numpy.testing import assert_array_equal
 from safetensors.torch import load_file, save_file
@@ -20,6 +21,7 @@ from sklearn.exceptions import NotFittedError
 
 import skast
 from skast import ASTClassifier, ASTFeaturizer
+from skast.cli import main
 from tests.conftest import SHORT
 
 SR = 16000
@@ -481,3 +483,70 @@ def test_not_a_saved_model(tmp_path):
 
 def test_load_is_lazy_and_exported():
     assert "load" in skast.__all__ and skast.load.__module__ == "skast._persist"
+
+
+# ---------------------------------------------------------------- command line
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "data"
+    for label, freq in (("low", 300), ("high", 3000)):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            t = np.arange(8000) / SR
+            wave = 0.5 * np.sin(2 * np.pi * (freq + 20 * i) * t)
+            sf.write(root / label / f"{i}.wav", wave.astype(np.float32), SR)
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from skast._checkpoints import save_pretrained
+    from skast._model import AST, ASTConfig
+
+    torch.manual_seed(0)
+    save_pretrained(AST(ASTConfig(**SHORT)), tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def finetune(folder, checkpoint, output):
+    args = ["--checkpoint", str(checkpoint), "--epochs", "1", "--device", "cpu", "-q"]
+    return main(["finetune", str(folder), "-o", str(output), *args])
+
+
+def test_cli_finetune_writes_a_directory_that_predict_reads(
+    folder, checkpoint, tmp_path, capsys
+):
+    model = tmp_path / "model"
+    assert finetune(folder, checkpoint, model) == 0
+    assert (model / "skast.json").is_file() and (model / "model.safetensors").is_file()
+    assert f"saved to {model}" in capsys.readouterr().out
+    assert (
+        main(["predict", str(model), str(folder), "-o", str(tmp_path / "p.npy")]) == 0
+    )
+    proba = np.load(tmp_path / "p.npy")
+    files = sorted(str(f) for f in folder.rglob("*.wav"))
+    assert_array_equal(proba, skast.load(model).predict_proba(files))
+    assert finetune(folder, checkpoint, tmp_path / "model.joblib") == 0
+    assert (tmp_path / "model.joblib").is_file()
+    assert main(["predict", str(tmp_path / "model.joblib"), str(folder)]) == 0
+
+
+def test_cli_predict_refuses_a_tampered_directory(folder, copy, capsys):
+    edit(copy, lambda m: m.update(format_version=99))
+    assert main(["predict", str(copy), str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "skast.json" in err and "format_version" in err
+
+
+def test_cli_predict_refuses_a_featurizer(folder, tmp_path, capsys):
+    CASES["featurizer"]().save(tmp_path / "f")
+    assert main(["predict", str(tmp_path / "f"), str(folder)]) == 1
+    assert "does not hold a fitted classifier" in capsys.readouterr().err
+
+
+def test_cli_finetune_refuses_a_file_as_the_directory(folder, tmp_path, capsys):
+    (tmp_path / "model.bin").write_bytes(b"x")
+    assert main(["finetune", str(folder), "-o", str(tmp_path / "model.bin")]) == 2
+    assert "is a file" in capsys.readouterr().err
