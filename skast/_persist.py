@@ -36,16 +36,10 @@ FORMAT = "skast-estimator"
 FORMAT_VERSION = 1
 MANIFEST = "skast.json"
 WEIGHTS = "model.safetensors"
-_TOP_KEYS = {
-    "format",
-    "format_version",
-    "skast_version",
-    "estimator",
-    "params",
-    "fitted",
-    "model_config",
-    "weights",
-}
+_TOP_KEYS = set(
+    "format format_version skast_version estimator params fitted model_config "
+    "weights".split()
+)
 _MAX_MANIFEST_BYTES = 64 * 2**20
 
 
@@ -349,7 +343,10 @@ def load(directory):
             raise invalid(f"fitted.{key}", f"expected {what}, got {short(value)}")
     if name == "ASTClassifier":
         _check_recipe(cls, fitted["recipe_params_"], invalid)
-    fitted["device_"] = _device_or(fitted["device_"], invalid)
+    try:
+        device_name(fitted["device_"])
+    except Invalid as err:
+        raise invalid("fitted.device_", str(err)) from None
     weights_name = manifest["weights"]
     state_dict = _read_weights(
         _member(directory, weights_name, "weights", path), config
@@ -367,11 +364,15 @@ def _read_manifest(path: Path) -> dict:
             raise ValueError("a key appears twice")
         return dict(items)
 
+    # O_NOFOLLOW: a symlink swapped in after the check is not followed either
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(_MAX_MANIFEST_BYTES + 1)
     try:
-        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        if len(data) > _MAX_MANIFEST_BYTES:
             raise ValueError(f"larger than {_MAX_MANIFEST_BYTES} bytes")
         manifest = json.loads(
-            path.read_bytes().decode("utf-8"),
+            data.decode("utf-8"),
             object_pairs_hook=pairs,
             parse_constant=no_constant,
         )
@@ -445,13 +446,6 @@ def _check_recipe(cls, recipe_params, invalid) -> None:
     for key, value in recipe_params.items():
         if (msg := _param_error(cls, key, value)) is not None:
             raise invalid(f"fitted.recipe_params_[{key!r}]", msg)
-
-
-def _device_or(name: str, invalid) -> str:
-    try:
-        return device_name(name)
-    except Invalid as err:
-        raise invalid("fitted.device_", str(err)) from None
 
 
 def _config(fields, invalid):
