@@ -387,7 +387,7 @@ def _read_manifest(path: Path) -> dict:
 
 def _member(directory: Path, name, key: str, manifest: Path | None = None) -> Path:
     """``directory / name``, a plain file name of a regular file, no symlink."""
-    where = f"'{manifest}': {key}" if manifest else f"'{directory / str(name)}'"
+    where = f"'{manifest}': {key}" if manifest else f"'{directory}'"
     if (
         not isinstance(name, str)
         or name in ("", ".", "..")
@@ -402,7 +402,10 @@ def _member(directory: Path, name, key: str, manifest: Path | None = None) -> Pa
             f"cannot load {where}: '{path}' is a symlink; copy the file instead"
         )
     if not path.is_file():
-        raise ValueError(f"cannot load {where}: '{path}' is missing or not a file")
+        hint = "" if manifest else " (not a directory written by save()?)"
+        raise ValueError(
+            f"cannot load {where}: '{path}' is missing or not a file{hint}"
+        )
     return path
 
 

@@ -107,6 +107,22 @@ def test_round_trip_is_exact(case, tmp_path):
         assert loaded.score(X, loaded.predict(X)) == 1.0
 
 
+def test_from_a_checkpoint_needs_the_checkpoint_no_more(checkpoint, tmp_path):
+    clf = classifier(model_config=None, checkpoint=checkpoint).fit(X, Y_STR)
+    feat = ASTFeaturizer(checkpoint, device="cpu", max_length=64).fit(X)
+    clf.save(tmp_path / "clf")
+    feat.save(tmp_path / "feat")
+    shutil.rmtree(checkpoint)
+    loaded_clf, loaded_feat = (
+        skast.load(tmp_path / "clf"),
+        skast.load(tmp_path / "feat"),
+    )
+    assert loaded_clf.checkpoint == checkpoint  # a Path, as it was given
+    assert_array_equal(loaded_clf.predict_proba(X), clf.predict_proba(X))
+    assert_array_equal(loaded_feat.transform(X), feat.transform(X))
+    assert loaded_feat.model_.config.max_length == 64
+
+
 def test_early_stopping_keeps_its_record(tmp_path):
     est = CASES["early-stopping"]()
     assert est.validation_scores_ is not None
@@ -471,10 +487,11 @@ def test_a_payload_in_the_json_never_runs(copy, tmp_path, where, payload):
     assert not pathlib.Path(marker).exists()
 
 
-def test_not_a_saved_model(tmp_path):
+def test_not_a_saved_model(tmp_path, checkpoint):
     with pytest.raises(ValueError, match="not a directory written by save"):
         skast.load(tmp_path / "nothing")
-    refused(tmp_path, "skast.json", "missing")
+    refused(tmp_path, "skast.json", "missing", "not a directory written by save")
+    refused(checkpoint, "skast.json", "missing")  # a checkpoint is not a saved model
     (tmp_path / "skast.json").write_text("[1, 2]")
     refused(tmp_path, "not a skast manifest")
     (tmp_path / "skast.json").write_text('{"format": NaN}')
