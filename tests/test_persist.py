@@ -62,6 +62,9 @@ CASES = {
     "integer-labels": lambda: classifier(class_weight={0: 1.0, 7: 2.0}).fit(
         X, [0, 7, 3, 0, 7, 3, 0, 7]
     ),
+    "float-labels": lambda: classifier().fit(
+        X, [0.0, 2.0, 1.0, 0.0, 2.0, 1.0, 0.0, 2.0]
+    ),
     "binary": lambda: classifier(betas=[0.9, 0.99]).fit(X, [True, False] * 4),
     "multi-label": lambda: classifier().fit(
         X, np.eye(8, 3, dtype=np.int32)[[0, 1] * 4]
