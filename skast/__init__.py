@@ -4,7 +4,7 @@ import importlib
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ASTClassifier", "ASTFeaturizer", "DeviceWarning", "__version__"]
+__all__ = ["ASTClassifier", "ASTFeaturizer", "DeviceWarning", "__version__", "load"]
 
 # Imported on first use, so that ``import skast._model`` (or the command
 # line's --help) does not load scikit-learn, torch and the whole stack.
@@ -12,6 +12,7 @@ _LAZY = {
     "ASTClassifier": "skast._classifier",
     "ASTFeaturizer": "skast._featurizer",
     "DeviceWarning": "skast._runtime",
+    "load": "skast._persist",
 }
 
 

@@ -238,6 +238,44 @@ class ASTBase(BaseEstimator):
                 self.precision, torch.device(self.device_)
             )
 
+    # ------------------------------------------------------------------ saving
+
+    def save(self, directory):
+        """Write the fitted estimator to ``directory`` in a format that runs no code.
+
+        The parameters and fitted attributes go to ``skast.json`` (JSON whose
+        every value records its type), the weights to ``model.safetensors``.
+        :func:`skast.load` reads them back without unpickling, checking every
+        value; the loaded estimator predicts (or embeds) exactly as this one
+        on the same device, and falls back to the CPU with a warning where its
+        device is missing. Not saved: ``partial_fit``'s optimizer state (the
+        next ``partial_fit`` starts a new optimizer, as after ``fit``); a
+        :class:`joblib.Memory` ``cache`` is saved as its location.
+
+        Parameters
+        ----------
+        directory : str or path-like
+            Created if missing; the two files in it are overwritten.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> import numpy as np
+        >>> import skast
+        >>> X = np.zeros((2, 4000))
+        >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...             intermediate_size=64, max_length=64)
+        >>> est = skast.ASTFeaturizer(model_config=tiny, device="cpu").fit(X)
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     est.save(directory)
+        ...     loaded = skast.load(directory)
+        >>> np.array_equal(loaded.transform(X), est.transform(X))
+        True
+        """
+        from skast import _persist
+
+        _persist.save(self, directory)
+
 
 def resolve_normalization(normalize) -> tuple[float, float]:
     """The ``(mean, std)`` of a normalisation preset name or pair.

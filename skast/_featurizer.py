@@ -223,9 +223,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
             self._setup(_audio.check_audio_input(X))
             self.model_.layer_index(self.layer)  # "layer must be in [...]"
             self._n_features_out = self.model_.config.hidden_size
-            # hashing the weights takes a moment: only when a cache will use it
-            cached = _cache.cache_dir(self.cache) is not None
-            self._fingerprint = self._model_fingerprint() if cached else None
+            self._update_fingerprint()
         return self
 
     def transform(self, X):
@@ -264,8 +262,14 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
     def __setstate__(self, state):
         super().__setstate__(state)
         # loaded on another device, the precision (part of the key) may differ
-        if getattr(self, "_fingerprint", None) is not None:
-            self._fingerprint = self._model_fingerprint()
+        if hasattr(self, "model_"):
+            self._update_fingerprint()
+
+    def _update_fingerprint(self) -> None:
+        """The cache key's fingerprint of the fitted model; hashing the weights
+        takes a moment, so only when a cache will use it."""
+        cached = _cache.cache_dir(self.cache) is not None
+        self._fingerprint = self._model_fingerprint() if cached else None
 
     # ------------------------------------------------------------------ embedding
 

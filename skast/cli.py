@@ -14,6 +14,7 @@ from pathlib import Path
 from skast._recipes import CHECKPOINT, POOLINGS, RECIPES, TINY
 
 OUTPUT_SUFFIXES = (".npy", ".csv", ".parquet")
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
 
 
@@ -184,11 +185,22 @@ def cmd_embed(args) -> int:
     return 0
 
 
-def cmd_finetune(args) -> int:
-    import joblib
+def _is_pickle_name(path: Path) -> bool:
+    """Whether ``-o`` names a joblib file (``model.joblib``, ``model.joblib.gz``
+    ...) rather than a directory for ``save``."""
+    return any(s.lower() in PICKLE_SUFFIXES for s in path.suffixes)
 
+
+def cmd_finetune(args) -> int:
     from skast import ASTClassifier
 
+    output = Path(args.output)
+    as_joblib = _is_pickle_name(output)
+    if not as_joblib and output.exists() and not output.is_dir():
+        raise UsageError(
+            f"{output} is a file; the model is saved as a directory (name the "
+            "output *.joblib to write a joblib file)"
+        )
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory of class folders")
@@ -211,29 +223,44 @@ def cmd_finetune(args) -> int:
         verbose=not args.quiet,
     )
     clf.fit(files, labels)
-    joblib.dump(clf, args.output)
+    if as_joblib:
+        import joblib
+
+        joblib.dump(clf, output)
+    else:
+        clf.save(output)
     print(
         f"fine-tuned on {len(files)} clips of {len(clf.classes_)} classes; "
-        f"saved to {args.output}"
+        f"saved to {output}"
     )
     return 0
 
 
-def cmd_predict(args) -> int:
+def _load_model(path: str):
+    """A directory written by ``save`` (read without running code), or a
+    joblib file (unpickled)."""
+    if Path(path).is_dir():
+        import skast
+
+        return skast.load(path)
     import joblib
 
-    out = Path(args.output) if args.output else None
-    if out is not None:
-        _check_output(out)  # before the prediction work, not after it
     try:
-        model = joblib.load(args.model)
+        return joblib.load(path)
     except OSError:
         raise
     except Exception as err:  # truncated or not a joblib file: many errors
         raise ValueError(
-            f"cannot load the model file '{args.model}' (truncated, or not "
+            f"cannot load the model file '{path}' (truncated, or not "
             f"saved by joblib?): {type(err).__name__}: {err}"
         ) from err
+
+
+def cmd_predict(args) -> int:
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        _check_output(out)  # before the prediction work, not after it
+    model = _load_model(args.model)
     if not (hasattr(model, "predict_proba") and hasattr(model, "classes_")):
         raise ValueError(
             f"'{args.model}' does not hold a fitted classifier (it holds a "
@@ -317,11 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "finetune",
         help="fine-tune on a folder of class folders",
-        description="Fine-tune an ASTClassifier on ROOT/<class>/<audio files> and save it with joblib.",
+        description="Fine-tune an ASTClassifier on ROOT/<class>/<audio files> and "
+        "save it: as a directory that loads without running code (skast.load), "
+        "or with joblib when OUTPUT ends in .joblib.",
     )
     p.add_argument("root", metavar="ROOT")
     p.add_argument(
-        "-o", "--output", required=True, help="where to save the fitted model (.joblib)"
+        "-o",
+        "--output",
+        required=True,
+        help="where to save the fitted model: a directory (the format to share), "
+        "or FILE.joblib (a pickle)",
     )
     p.add_argument("--checkpoint", default=CHECKPOINT)
     p.add_argument("--recipe", default=None, choices=sorted(RECIPES))
@@ -335,9 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="predict with a saved model",
-        description="Predict audio files with a model saved by 'skast finetune' (or joblib).",
+        description="Predict audio files with a model saved by 'skast finetune': a "
+        "directory written by save(), read without running code, or a .joblib "
+        "file, which is unpickled (load only joblib files you trust).",
     )
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a directory written by 'skast finetune -o DIR' or save(), or a .joblib file",
+    )
     p.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS")
     p.add_argument(
         "-o",
