@@ -8,8 +8,10 @@ validation score and weights as scikit-learn's MLP does, on the clips that
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,10 +28,11 @@ class Interrupt:
     """The one record of a Ctrl-C: :attr:`requested`, checked after each batch.
 
     In the main thread, the first Ctrl-C only sets the flag; a second raises
-    :class:`KeyboardInterrupt` at once. :func:`skast._training.train` takes
-    a :class:`KeyboardInterrupt` raised during an epoch (a second Ctrl-C, or
-    one raised by code it runs) as the same request. The previous handler is
-    restored on exit.
+    :class:`KeyboardInterrupt` at once. Within :meth:`caught`, a
+    :class:`KeyboardInterrupt` (a second Ctrl-C, or one raised by code the
+    loop runs) ends the block and is taken as the same request:
+    :func:`skast._training.train` runs each epoch and what follows it there.
+    The previous handler is restored on exit.
 
     Examples
     --------
@@ -50,6 +53,24 @@ class Interrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+
+    @contextlib.contextmanager
+    def caught(self) -> Iterator[None]:
+        """A block that a :class:`KeyboardInterrupt` ends as a request.
+
+        Examples
+        --------
+        >>> from skast._stopping import Interrupt
+        >>> interrupt = Interrupt()
+        >>> with interrupt.caught():
+        ...     raise KeyboardInterrupt
+        >>> interrupt.requested
+        True
+        """
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.requested = True
 
     def __enter__(self) -> Interrupt:
         # signal handlers can only be set in the main thread
@@ -127,11 +148,11 @@ class EarlyStopping:
             self.no_improvement_count += 1
         else:
             self.no_improvement_count = 0
-        if best is None or score > best:
-            self.best_score, self.best_epoch = score, epoch
-            self.best_state = {
+        if best is None or score > best:  # the copy first: an interrupted
+            state = {  # copy leaves the last best as it was
                 k: v.detach().cpu().clone() for k, v in model.state_dict().items()
             }
+            self.best_score, self.best_epoch, self.best_state = score, epoch, state
         return self.no_improvement_count > self.n_iter_no_change
 
 

@@ -389,14 +389,14 @@ def train(
             )
             if record is None:  # interrupted before a batch was done
                 break
-            history.append(record)
-            if config.verbose:
-                _report(record)
-            if interrupt.requested:
-                break
-            if stopping is not None and stopping.update(
-                record["valid_score"], epoch, model
-            ):
+            done = False
+            with interrupt.caught():  # a KeyboardInterrupt here ends the fit too
+                history.append(record)
+                if config.verbose:
+                    _report(record)
+                if stopping is not None and not interrupt.requested:
+                    done = stopping.update(record["valid_score"], epoch, model)
+            if done or interrupt.requested:
                 break
     if stopping is not None and stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
@@ -427,7 +427,7 @@ def _epoch(
     }
     progress = _Progress(len(order), config.verbose, f"epoch {epoch}")
     start = time.perf_counter()
-    try:
+    with interrupt.caught():
         with progress:
             trainer.run(features, targets, order, generator, progress, interrupt)
         record["learning_rate"] = trainer.lr
@@ -436,8 +436,6 @@ def _epoch(
             if valid_idx is not None:
                 loss, score = trainer.validate(features, targets, valid_idx)
                 record.update(valid_loss=loss, valid_score=score)
-    except KeyboardInterrupt:
-        interrupt.requested = True
     if not progress.seen:
         return None
     record["train_loss"] = progress.mean_loss

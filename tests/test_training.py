@@ -18,8 +18,10 @@ truth of the clips it sees.
 """
 
 import contextlib
+import io
 import os
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -31,6 +33,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 from torch.overrides import TorchFunctionMode
+from tqdm import TqdmWarning
 
 from skast._model import AST
 from skast._training import WARMUP_PERIOD, warmup_lr
@@ -375,3 +378,58 @@ def test_keyboard_interrupt_keeps_the_best_weights():
     assert clf.validation_scores_ == [0.75, 0.375]
     assert torch.equal(clf.model_.head[1].weight, scores.heads[0])
     assert clf.predict_proba(X).shape == (len(X), 3)
+
+
+class InterruptingStream(io.StringIO):
+    """A stdout that raises ``KeyboardInterrupt`` at its first line holding
+    ``text`` (the verbose report of an epoch)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.text, self.raised = text, False
+
+    def write(self, s):
+        if self.text in s and not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
+        return super().write(s)
+
+
+def test_keyboard_interrupt_in_the_epoch_report_ends_fitted(data):
+    X, y = data
+    stream = InterruptingStream("epoch 2, train_loss=")
+    clf = make(max_epochs=5, verbose=True)
+    with contextlib.redirect_stdout(stream), warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        with pytest.warns(UserWarning, match="interrupted.*after 2 epoch"):
+            clf.fit(X, y)
+    assert stream.raised and "epoch 1, train_loss=" in stream.getvalue()
+    assert clf.n_iter_ == 2 and len(clf.history_) == 2
+    assert clf.predict(X).shape == (len(X),)
+
+
+def test_keyboard_interrupt_while_keeping_the_best_weights_ends_fitted():
+    X, y = toned(11, seed=6)
+    X, y = X[:32], y[:32]  # 8 validation clips
+    clf = make(max_epochs=1, warm_start=True).fit(X, y)
+    copies = []
+
+    def on_state_dict(module, state, prefix, local_metadata):
+        copies.append(module.head[1].weight.detach().clone())
+        if len(copies) == 2:  # the copy of the second best epoch's weights
+            raise KeyboardInterrupt
+
+    handle = clf.model_.register_state_dict_post_hook(on_state_dict)
+    scores = ScriptedScores([0.5, 0.75, 0.875], 8)
+    clf.set_params(early_stopping=True, validation_fraction=0.25, max_epochs=3)
+    try:
+        with ast_forward(scores), pytest.warns(UserWarning, match="epoch \\(2\\)"):
+            clf.fit(X, y)
+    finally:
+        handle.remove()
+    # the fit ends after its second epoch (history's third), with the weights
+    # of the first, whose copy was complete
+    assert len(copies) == 2 and clf.n_iter_ == 3
+    assert clf.validation_scores_ == [0.5, 0.75] and clf.best_validation_score_ == 0.5
+    assert torch.equal(clf.model_.head[1].weight, copies[0])
+    assert torch.equal(copies[0], scores.heads[0])
