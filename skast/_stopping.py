@@ -1,9 +1,11 @@
-"""When fine-tuning stops: Ctrl-C, and early stopping on a validation split.
+"""When fine-tuning stops, and which weights it ends with.
 
 :class:`Interrupt` is the one record of a Ctrl-C that the loop of
 :func:`skast._training.train` checks; :class:`EarlyStopping` keeps the best
 validation score and weights as scikit-learn's MLP does, on the clips that
-:func:`split` holds out, scored by :func:`validation_score`.
+:func:`split` holds out, scored by :func:`validation_score`;
+:class:`WeightAverage` keeps the mean of the weights of a range of epochs,
+as the AudioSet recipe does.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import train_test_split
 
-__all__ = ["EarlyStopping", "Interrupt", "split", "validation_score"]
+__all__ = ["EarlyStopping", "Interrupt", "WeightAverage", "split", "validation_score"]
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -183,3 +185,65 @@ def split(targets: torch.Tensor, validation_fraction: float, multilabel, seed: i
             f"of {n} clips for early_stopping: {err}"
         ) from err
     return torch.as_tensor(np.sort(train_idx)), torch.as_tensor(np.sort(valid_idx))
+
+
+# --------------------------------------------------------------------------- weight averaging
+
+
+class WeightAverage:
+    """The mean of a model's trained weights at the end of epochs ``first``
+    to ``last`` (counted from 1, both included), as the original's
+    ``wa_start`` / ``wa_end``.
+
+    A running sum on the CPU, in the weights' dtype as the original's sum of
+    the saved state dicts: one copy of the trained weights, not one per
+    epoch. Only the parameters that require gradients when an epoch is added
+    are averaged: frozen ones (and buffers) keep their values exactly.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._stopping import WeightAverage
+    >>> model, average = torch.nn.Linear(1, 1), WeightAverage(2, 3)
+    >>> bias = model.bias.requires_grad_(False).item()  # frozen
+    >>> for epoch, w in enumerate([1.0, 2.0, 4.0, 8.0], 1):
+    ...     _ = torch.nn.init.constant_(model.weight, w)
+    ...     average.update(epoch, model)
+    >>> average.epochs, average.state_dict()
+    ([2, 3], {'weight': tensor([[3.]])})
+    >>> average.load_into(model)
+    >>> model.weight.item(), model.bias.item() == bias
+    (3.0, True)
+    """
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last = first, last
+        self.epochs: list[int] = []
+        self.total: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, model) -> None:
+        """Add the trained weights at the end of ``epoch`` if it is in the
+        range."""
+        if not self.first <= epoch <= self.last:
+            return
+        trained = [
+            (k, p.detach()) for k, p in model.named_parameters() if p.requires_grad
+        ]
+        if self.total is None:
+            total = {k: p.to("cpu", copy=True) for k, p in trained}
+        else:  # a new sum, so that an interrupted one leaves the last as it was
+            total = {k: self.total[k] + p.cpu() for k, p in trained}
+        self.total, self.epochs = total, [*self.epochs, epoch]
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The mean of the epochs added, of the trained parameters; None
+        before the first."""
+        if self.total is None:
+            return None
+        return {k: v / len(self.epochs) for k, v in self.total.items()}
+
+    def load_into(self, model) -> None:
+        """Give ``model`` the mean (if an epoch was added); its other
+        entries are left as they are."""
+        if self.total is not None:
+            model.load_state_dict(self.state_dict(), strict=False)

@@ -280,11 +280,26 @@ def test_recipe_fills_in_defaults_only(data):
     assert esc == dict(
         learning_rate=1e-5, max_epochs=25, batch_size=48, freqm=24, timem=96,
         mixup=0.0, max_length=512, normalize="esc50", warmup_steps=0,
-        lr_decay_start=5, lr_decay_every=1, lr_decay=0.85,
+        lr_decay_start=5, lr_decay_every=1, lr_decay=0.85, sampler=None,
+        weight_averaging=None,
     )  # fmt: skip
-    audioset = ASTClassifier(recipe="audioset")._resolve_recipe()
-    assert audioset["warmup_steps"] == 1000 and audioset["lr_decay"] == 0.5
-    assert (audioset["timem"], audioset["max_length"]) == (192, 1024)
+    assert (rp["sampler"], rp["weight_averaging"]) == (None, None)
+
+
+def test_audioset_recipe_samples_and_averages(data):
+    X, y = data
+    clf = make(recipe="audioset", max_length=32, max_epochs=2).fit(X, y)
+    rp = clf.recipe_params_
+    assert rp["warmup_steps"] == 1000 and rp["lr_decay"] == 0.5
+    assert (rp["freqm"], rp["timem"], rp["mixup"]) == (48, 192, 0.5)
+    assert (rp["sampler"], rp["weight_averaging"]) == ("balanced", (1, 5))
+    assert clf.n_iter_ == 2
+    assert ASTClassifier(recipe="audioset")._resolve_recipe()["max_length"] == 1024
+    # with early stopping the recipe keeps the best epoch's weights instead
+    early = make(recipe="audioset", max_length=32, max_epochs=2, early_stopping=True)
+    early.set_params(validation_fraction=0.25).fit(X, y)
+    assert early.recipe_params_["weight_averaging"] is None
+    assert early.recipe_params_["sampler"] == "balanced"
 
 
 # ---------------------------------------------------------------- partial_fit, warm_start
