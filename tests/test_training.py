@@ -36,9 +36,9 @@ from torch.overrides import TorchFunctionMode
 from tqdm import TqdmWarning
 
 from skast._model import AST
-from skast._targets import balanced_sample
 from skast._training import WARMUP_PERIOD, warmup_lr
 from tests.test_classifier import make
+from tests.test_targets import assert_binomial, expected_weights
 
 SR = 16000
 TONES = (300.0, 1500.0, 5000.0)  # Hz: mel bins about 16, 57 and 106 of 128
@@ -437,46 +437,6 @@ def test_keyboard_interrupt_while_keeping_the_best_weights_ends_fitted():
 
 
 # ---------------------------------------------------------------- balanced sampling
-
-
-def expected_weights(Y):
-    """The AudioSet recipe's sample weights, written out for an indicator
-    ``Y`` (egs/audioset/gen_weight_file.py)."""
-    Y = np.asarray(Y, dtype=np.float64)
-    return Y @ (1000.0 / (Y.sum(0) + 0.01))
-
-
-def assert_binomial(counts, weights, n_draws):
-    """Each clip's count of ``n_draws`` independent draws within 5 binomial
-    standard deviations of ``n_draws * p`` (p = its share of the weights),
-    and the counts told apart from drawing every clip alike."""
-    p = weights / weights.sum()
-    sigma = np.sqrt(n_draws * p * (1 - p))
-    assert_array_equal(counts[p == 0], 0)
-    assert (np.abs(counts - n_draws * p) <= 5 * sigma).all()
-    uniform = n_draws / len(p)
-    assert (np.abs(uniform - n_draws * p) > 5 * sigma).any()  # the test can tell
-
-
-@pytest.mark.parametrize("multilabel", [False, True])
-def test_balanced_sample_follows_the_weights(multilabel):
-    rng = np.random.default_rng(0)
-    y = rng.choice(4, size=30, p=[0.6, 0.25, 0.1, 0.05])
-    Y = np.eye(4, dtype=np.uint8)[y]
-    if multilabel:
-        Y[:, 3] |= (rng.random(30) < 0.2).astype(np.uint8)  # a second label
-        Y[0] = 0  # a clip without labels
-        targets = torch.from_numpy(Y)
-    else:
-        targets = torch.from_numpy(y)
-    n = 100_000
-    draws = balanced_sample(targets, n, torch.Generator().manual_seed(0))
-    assert draws.shape == (n,) and draws.dtype == torch.int64
-    assert_binomial(np.bincount(draws, minlength=30), expected_weights(Y), n)
-    again = balanced_sample(targets, n, torch.Generator().manual_seed(0))
-    assert torch.equal(draws, again)
-    with pytest.raises(ValueError, match="no training clip has a label"):
-        balanced_sample(torch.zeros((3, 2), dtype=torch.uint8), 3, torch.Generator())
 
 
 def clips_seen(store, clean):
