@@ -128,6 +128,15 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         ``"balanced"`` for ``n_samples / (n_classes * np.bincount(y))``.
         ``None`` gives every class weight one. Single-label ``y`` only.
 
+    sampler : {"balanced"} or None, default=None
+        How each epoch draws its training clips. ``None``: each clip once, in
+        a random order. ``"balanced"``: the AudioSet recipe's sampler, as many
+        clips drawn with replacement, clip ``i`` with probability proportional
+        to the sum over its labels of ``1000 / (label_count + 0.01)`` (the
+        counts over the training clips; a single-label clip's labels are its
+        class), so that rare labels are seen about as often as common ones.
+        A multi-label clip without labels is never drawn.
+
     freeze : {"encoder"}, int or None, default=None
         What not to train. ``None`` trains everything; ``"encoder"`` trains
         only the head (a linear probe on the pooled output); an int ``k``
@@ -150,6 +159,16 @@ class ASTClassifier(ClassifierMixin, ASTBase):
     tol : float, default=1e-4
         Smallest improvement of the validation score that counts.
 
+    weight_averaging : (int, int) or None, default=None
+        ``(first, last)``: end with the mean of the weights at the end of
+        epochs ``first`` to ``last`` of the fit (counted from 1, both
+        included), as the AudioSet recipe does. A range past ``max_epochs``
+        averages the epochs up to it; one that starts after it is an error.
+        The sum is kept on the CPU (one copy of the trained weights; frozen
+        ones keep their values). Cannot be combined with ``early_stopping``,
+        which keeps the weights of the best validation epoch instead.
+        ``None`` keeps the last epoch's weights.
+
     device : str or torch.device, default=None
         Where the model trains and runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
         ``"mps"``. ``None`` is CUDA when available, else the CPU.
@@ -165,8 +184,9 @@ class ASTClassifier(ClassifierMixin, ASTBase):
 
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation of the model and its head, the validation
-        split, the order of the clips, dropout, SpecAugment and mixup. An int
-        gives the same model on the same device every time.
+        split, the order of the clips (or the balanced sampler's draws),
+        dropout, SpecAugment and mixup. An int gives the same model on the
+        same device every time.
 
     warm_start : bool, default=False
         Start ``fit`` from the fitted model (and its normalisation) instead of
@@ -202,7 +222,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         (``learning_rate``, ``max_epochs``, ``batch_size``, ``freqm``,
         ``timem``, ``mixup``, ``max_length``, ``normalize``,
         ``warmup_steps``, ``lr_decay_start``, ``lr_decay_every``,
-        ``lr_decay``), whether set by ``recipe`` or by the parameters.
+        ``lr_decay``, ``sampler``, ``weight_averaging``), whether set by
+        ``recipe`` or by the parameters.
 
     history_ : list of dict
         One dict per epoch: ``epoch``, ``train_loss``, ``valid_loss``,
@@ -242,13 +263,17 @@ class ASTClassifier(ClassifierMixin, ASTBase):
     audioset        1e-5    5       12     48     192    0.5    1024    1000     2 / 1 / 0.5
     ==============  ======  ======  =====  =====  =====  =====  ======  =======  ============
 
-    Each also sets ``normalize`` to its dataset's statistics. A parameter
-    equal to its default counts as unset: with ``recipe="speechcommands"``,
+    Each also sets ``normalize`` to its dataset's statistics; ``audioset``
+    also draws its clips with ``sampler="balanced"`` and averages the
+    weights of epochs 1 to 5 (``weight_averaging=(1, 5)``), as the full
+    set's recipe (the balanced set's averages epochs 6 to 25 of 25). With
+    ``early_stopping``, the recipe leaves ``weight_averaging`` off: the fit
+    keeps the best validation epoch's weights instead. A parameter equal to
+    its default counts as unset: with ``recipe="speechcommands"``,
     ``learning_rate=1e-5`` (the default) becomes 2.5e-4. The recipes' Adam
     settings are the defaults. Not reproduced: the Speech Commands noise and
-    time-shift augmentation, AudioSet's balanced sampler and weight
-    averaging, and the BCE loss the original uses for Speech Commands
-    (single-label ``y`` trains with cross-entropy here).
+    time-shift augmentation, and the BCE loss the original uses for Speech
+    Commands (single-label ``y`` trains with cross-entropy here).
 
     **Features and augmentation.** The normalised log-mel features of all
     training clips are computed once per ``fit`` and kept on the CPU
@@ -267,7 +292,9 @@ class ASTClassifier(ClassifierMixin, ASTBase):
     **Interrupting.** Ctrl-C during the epochs stops after the current batch
     (a second one at once) with a warning; the estimator is then fitted,
     with the weights of the best validation epoch if ``early_stopping`` has
-    validated one, else its current weights.
+    validated one, with ``weight_averaging`` the mean of the epochs of its
+    range that ended before the interruption (the interrupted one is not
+    averaged), else its current weights.
 
     **Reproducibility.** The same ``random_state`` on the same device gives
     the same model. On CUDA some kernels (attention's backward pass among
@@ -317,6 +344,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         "timem": [Interval(Integral, 0, None, closed="left")],
         "mixup": [Interval(Real, 0, 1, closed="both")],
         "class_weight": [None, dict, StrOptions({"balanced"})],
+        "sampler": [None, StrOptions({"balanced"})],
         "freeze": [
             None,
             StrOptions({"encoder"}),
@@ -326,6 +354,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "weight_averaging": [None, tuple, list],
         "random_state": ["random_state"],
         "warm_start": ["boolean"],
         "recipe": [None, StrOptions(set(RECIPES))],
@@ -352,11 +381,13 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         timem=0,
         mixup=0.0,
         class_weight=None,
+        sampler=None,
         freeze=None,
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,
         tol=1e-4,
+        weight_averaging=None,
         device=None,
         precision="auto",
         num_workers=0,
@@ -383,11 +414,13 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         self.timem = timem
         self.mixup = mixup
         self.class_weight = class_weight
+        self.sampler = sampler
         self.freeze = freeze
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.weight_averaging = weight_averaging
         self.device = device
         self.precision = precision
         self.num_workers = num_workers
@@ -427,7 +460,9 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         The first call builds the model (as ``fit`` does) and needs
         ``classes``; later calls keep the model, the optimizer and the
         learning-rate schedule (after ``fit``, which keeps no optimizer, the
-        first call starts a new one). ``early_stopping`` is not used.
+        first call starts a new one). ``early_stopping`` and
+        ``weight_averaging`` are not used; ``sampler`` draws from the clips
+        of the call.
 
         Parameters
         ----------
@@ -470,6 +505,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             self.__dict__.pop("n_iter_", None)  # unfitted until this fit succeeds
         if not continuing:
             self.recipe_params_ = self._resolve_recipe()
+            _check_averaging(self.recipe_params_, self.early_stopping, incremental)
             self._seed = int(
                 check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
             )
@@ -525,11 +561,16 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         self.loss_curve_ = [h["train_loss"] for h in self.history_]
         self.n_iter_ = len(self.history_)
         if result.interrupted:
-            kept = (
-                f"the weights of its best validation epoch ({stopping.best_epoch})"
-                if stopping is not None and stopping.best_state is not None
-                else "its current weights"
-            )
+            kept = "its current weights"
+            if stopping is not None and stopping.best_state is not None:
+                kept = (
+                    f"the weights of its best validation epoch ({stopping.best_epoch})"
+                )
+            average = result.weight_average
+            if average is not None and average.epochs:
+                first, last = average.epochs[0], average.epochs[-1]
+                epochs = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+                kept = f"the mean of its weights after {epochs} of this fit"
             warnings.warn(
                 f"training was interrupted (KeyboardInterrupt) after "
                 f"{self.n_iter_} epoch(s) counting the current one; the "
@@ -566,6 +607,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             return params
         defaults = inspect.signature(ASTClassifier.__init__).parameters
         for key, value in RECIPES[self.recipe].items():
+            if key == "weight_averaging" and self.early_stopping:
+                continue  # the best validation epoch's weights instead
             if _is_default(params[key], defaults[key].default):
                 params[key] = value
         return params
@@ -790,6 +833,38 @@ def _is_default(value, default) -> bool:
         return bool(value == default)
     except (TypeError, ValueError):
         return False
+
+
+def _check_averaging(params, early_stopping, incremental) -> None:
+    """``weight_averaging`` (as resolved) is a range of the fit's epochs,
+    without ``early_stopping``; ``partial_fit`` uses neither."""
+    averaging = params["weight_averaging"]
+    if averaging is None:
+        return
+    if (
+        len(averaging) != 2
+        or not all(
+            isinstance(e, Integral) and not isinstance(e, bool) for e in averaging
+        )
+        or not 1 <= averaging[0] <= averaging[1]
+    ):
+        raise ValueError(
+            "weight_averaging must be None or a pair of epochs (first, last) "
+            f"with 1 <= first <= last, got {averaging!r}"
+        )
+    if incremental:
+        return
+    if averaging[0] > params["max_epochs"]:
+        raise ValueError(
+            f"weight_averaging={tuple(averaging)!r} starts after the last epoch "
+            f"(max_epochs={params['max_epochs']}): no epoch would be averaged"
+        )
+    if early_stopping:
+        raise ValueError(
+            "weight_averaging cannot be combined with early_stopping: the fit "
+            "ends with either the mean of a range of epochs' weights or the "
+            "best validation epoch's; set one of them"
+        )
 
 
 def _training_device(spec) -> torch.device:

@@ -61,6 +61,8 @@ RECIPES = {
         lr_decay_start=5,
         lr_decay_every=1,
         lr_decay=0.85,
+        sampler=None,
+        weight_averaging=None,
     ),
     "speechcommands": dict(
         learning_rate=2.5e-4,
@@ -75,6 +77,8 @@ RECIPES = {
         lr_decay_start=5,
         lr_decay_every=1,
         lr_decay=0.85,
+        sampler=None,
+        weight_averaging=None,
     ),
     "audioset": dict(
         learning_rate=1e-5,
@@ -89,6 +93,10 @@ RECIPES = {
         lr_decay_start=2,
         lr_decay_every=1,
         lr_decay=0.5,
+        # the full set's (egs/audioset/run.sh, set=full); the balanced set's
+        # recipe averages epochs 6-25 of 25
+        sampler="balanced",
+        weight_averaging=(1, 5),
     ),
 }
 

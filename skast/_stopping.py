@@ -1,22 +1,26 @@
-"""When fine-tuning stops: Ctrl-C, and early stopping on a validation split.
+"""When fine-tuning stops, and which weights it ends with.
 
 :class:`Interrupt` is the one record of a Ctrl-C that the loop of
 :func:`skast._training.train` checks; :class:`EarlyStopping` keeps the best
 validation score and weights as scikit-learn's MLP does, on the clips that
-:func:`split` holds out, scored by :func:`validation_score`.
+:func:`split` holds out, scored by :func:`validation_score`;
+:class:`WeightAverage` keeps the mean of the weights of a range of epochs,
+as the AudioSet recipe does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import train_test_split
 
-__all__ = ["EarlyStopping", "Interrupt", "split", "validation_score"]
+__all__ = ["EarlyStopping", "Interrupt", "WeightAverage", "split", "validation_score"]
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -26,10 +30,11 @@ class Interrupt:
     """The one record of a Ctrl-C: :attr:`requested`, checked after each batch.
 
     In the main thread, the first Ctrl-C only sets the flag; a second raises
-    :class:`KeyboardInterrupt` at once. :func:`skast._training.train` takes
-    a :class:`KeyboardInterrupt` raised during an epoch (a second Ctrl-C, or
-    one raised by code it runs) as the same request. The previous handler is
-    restored on exit.
+    :class:`KeyboardInterrupt` at once. Within :meth:`caught`, a
+    :class:`KeyboardInterrupt` (a second Ctrl-C, or one raised by code the
+    loop runs) ends the block and is taken as the same request:
+    :func:`skast._training.train` runs each epoch and what follows it there.
+    The previous handler is restored on exit.
 
     Examples
     --------
@@ -50,6 +55,24 @@ class Interrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+
+    @contextlib.contextmanager
+    def caught(self) -> Iterator[None]:
+        """A block that a :class:`KeyboardInterrupt` ends as a request.
+
+        Examples
+        --------
+        >>> from skast._stopping import Interrupt
+        >>> interrupt = Interrupt()
+        >>> with interrupt.caught():
+        ...     raise KeyboardInterrupt
+        >>> interrupt.requested
+        True
+        """
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.requested = True
 
     def __enter__(self) -> Interrupt:
         # signal handlers can only be set in the main thread
@@ -127,11 +150,11 @@ class EarlyStopping:
             self.no_improvement_count += 1
         else:
             self.no_improvement_count = 0
-        if best is None or score > best:
-            self.best_score, self.best_epoch = score, epoch
-            self.best_state = {
+        if best is None or score > best:  # the copy first: an interrupted
+            state = {  # copy leaves the last best as it was
                 k: v.detach().cpu().clone() for k, v in model.state_dict().items()
             }
+            self.best_score, self.best_epoch, self.best_state = score, epoch, state
         return self.no_improvement_count > self.n_iter_no_change
 
 
@@ -162,3 +185,65 @@ def split(targets: torch.Tensor, validation_fraction: float, multilabel, seed: i
             f"of {n} clips for early_stopping: {err}"
         ) from err
     return torch.as_tensor(np.sort(train_idx)), torch.as_tensor(np.sort(valid_idx))
+
+
+# --------------------------------------------------------------------------- weight averaging
+
+
+class WeightAverage:
+    """The mean of a model's trained weights at the end of epochs ``first``
+    to ``last`` (counted from 1, both included), as the original's
+    ``wa_start`` / ``wa_end``.
+
+    A running sum on the CPU, in the weights' dtype as the original's sum of
+    the saved state dicts: one copy of the trained weights, not one per
+    epoch. Only the parameters that require gradients when an epoch is added
+    are averaged: frozen ones (and buffers) keep their values exactly.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._stopping import WeightAverage
+    >>> model, average = torch.nn.Linear(1, 1), WeightAverage(2, 3)
+    >>> bias = model.bias.requires_grad_(False).item()  # frozen
+    >>> for epoch, w in enumerate([1.0, 2.0, 4.0, 8.0], 1):
+    ...     _ = torch.nn.init.constant_(model.weight, w)
+    ...     average.update(epoch, model)
+    >>> average.epochs, average.state_dict()
+    ([2, 3], {'weight': tensor([[3.]])})
+    >>> average.load_into(model)
+    >>> model.weight.item(), model.bias.item() == bias
+    (3.0, True)
+    """
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last = first, last
+        self.epochs: list[int] = []
+        self.total: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, model) -> None:
+        """Add the trained weights at the end of ``epoch`` if it is in the
+        range."""
+        if not self.first <= epoch <= self.last:
+            return
+        trained = [
+            (k, p.detach()) for k, p in model.named_parameters() if p.requires_grad
+        ]
+        if self.total is None:
+            total = {k: p.to("cpu", copy=True) for k, p in trained}
+        else:  # a new sum, so that an interrupted one leaves the last as it was
+            total = {k: self.total[k] + p.cpu() for k, p in trained}
+        self.total, self.epochs = total, [*self.epochs, epoch]
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The mean of the epochs added, of the trained parameters; None
+        before the first."""
+        if self.total is None:
+            return None
+        return {k: v / len(self.epochs) for k, v in self.total.items()}
+
+    def load_into(self, model) -> None:
+        """Give ``model`` the mean (if an epoch was added); its other
+        entries are left as they are."""
+        if self.total is not None:
+            model.load_state_dict(self.state_dict(), strict=False)

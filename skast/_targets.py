@@ -4,7 +4,9 @@ Single-label ``y`` becomes class indices, multi-label ``y`` (an indicator
 matrix) a uint8 matrix; the checks name what is wrong with ``y``. Where the
 classes come from is what :func:`encode_targets` decides: from ``y`` on a
 first ``fit``, from ``classes`` on a first ``partial_fit`` call, from the
-fitted model when a ``partial_fit`` goes on.
+fitted model when a ``partial_fit`` goes on. The targets also weigh the
+clips: :func:`class_weights` in the loss, :func:`balanced_sample` in the
+draw of an epoch's clips.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from sklearn.utils.validation import column_or_1d
 
 __all__ = [
     "Targets",
+    "balanced_sample",
+    "balanced_weights",
     "check_no_missing",
     "class_weights",
     "encode_targets",
@@ -183,6 +187,69 @@ def class_weights(class_weight, targets: Targets):
     else:
         weights = compute_class_weight(class_weight, classes=classes, y=classes[y_idx])
     return torch.as_tensor(weights, dtype=torch.float32)
+
+
+#: The original's ``label_weight = LABEL_WEIGHT / (label_count + LABEL_SMOOTHING)``
+#: (egs/audioset/gen_weight_file.py).
+LABEL_WEIGHT, LABEL_SMOOTHING = 1000.0, 0.01
+
+
+def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """The AudioSet recipe's sampling weight of each clip (float64).
+
+    ``sample_weight[i] = sum over the labels of clip i of 1000 /
+    (label_count + 0.01)``, the counts over these ``targets``: a uint8
+    indicator matrix, or class indices (a clip's labels are its one class).
+    A clip without labels weighs 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._targets import balanced_weights
+    >>> balanced_weights(torch.tensor([0, 0, 0, 1]))  # 1000 / 3.01, 1000 / 1.01
+    tensor([332.2259, 332.2259, 332.2259, 990.0990], dtype=torch.float64)
+    >>> balanced_weights(torch.tensor([[1, 1], [1, 0], [0, 0]], dtype=torch.uint8))
+    tensor([1487.6114,  497.5124,    0.0000], dtype=torch.float64)
+    """
+    if targets.ndim == 1:
+        label_count = torch.bincount(targets).double()
+        return LABEL_WEIGHT / (label_count[targets] + LABEL_SMOOTHING)
+    indicator = targets.double()
+    return indicator @ (LABEL_WEIGHT / (indicator.sum(0) + LABEL_SMOOTHING))
+
+
+def balanced_sample(
+    targets: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``n`` clip indices drawn with replacement, each with probability
+    proportional to its :func:`balanced_weights` among ``targets``.
+
+    The AudioSet recipe's sampler:
+    ``torch.utils.data.WeightedRandomSampler(replacement=True)``. One call
+    is one epoch's draw (the original draws ``n`` = the number of training
+    clips); it depends only on its arguments, so that a loop over streamed
+    data or over several ranks can call it per epoch with its own targets
+    and generator.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._targets import balanced_sample
+    >>> y = torch.tensor([0] * 9 + [1])  # one clip of class 1
+    >>> draws = balanced_sample(y, 10_000, torch.Generator().manual_seed(0))
+    >>> float((draws == 9).float().mean())  # weighs as much as the other nine
+    0.5030...
+    """
+    weights = balanced_weights(targets)
+    if not weights.any():
+        raise ValueError(
+            "sampler='balanced' draws clips by their labels, but no training "
+            "clip has a label"
+        )
+    sampler = torch.utils.data.WeightedRandomSampler(
+        weights, n, replacement=True, generator=generator
+    )
+    return torch.tensor(list(sampler), dtype=torch.int64)
 
 
 def equal(a, b) -> bool:

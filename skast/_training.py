@@ -2,9 +2,11 @@
 
 The AST paper's recipe (reference/ast.md 2.5-2.6): Adam with weight decay
 5e-7 and betas (0.95, 0.999), an optional step warm-up, a ``MultiStepLR``
-decay stepped once per epoch, SpecAugment and mixup (:mod:`skast._augment`).
-The features are computed once per fit by the estimator and kept on the CPU;
-each batch is moved to the device and augmented there.
+decay stepped once per epoch, SpecAugment and mixup (:mod:`skast._augment`),
+and for AudioSet the balanced sampler (:func:`skast._targets.balanced_sample`)
+and weight averaging (:class:`skast._stopping.WeightAverage`). The features
+are computed once per fit by the estimator and kept on the CPU; each batch is
+moved to the device and augmented there.
 
 :func:`train` is the whole loop, as scikit-learn's ``_fit_stochastic`` of
 the MLP is: epochs, validation, early stopping
@@ -28,7 +30,14 @@ from skast import _augment
 from skast._features import normalize
 from skast._freezing import frozen, training_mode
 from skast._runtime import autocast, evaluate, progress_bar, retry_halving_on_oom
-from skast._stopping import EarlyStopping, Interrupt, split, validation_score
+from skast._stopping import (
+    EarlyStopping,
+    Interrupt,
+    WeightAverage,
+    split,
+    validation_score,
+)
+from skast._targets import balanced_sample
 
 __all__ = [
     "Trainer",
@@ -47,6 +56,8 @@ WARMUP_PERIOD = 50
 LAST_MILESTONE = 1000
 #: :func:`derive_seed` key of an epoch's seed (dropout, order, augmentation).
 EPOCH_SEED = 2
+#: ... and of the draw of its clips by the balanced sampler.
+SAMPLER_SEED = 3
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -95,6 +106,8 @@ class TrainingConfig:
     validation_fraction: float
     n_iter_no_change: int
     tol: float
+    sampler: str | None
+    weight_averaging: tuple[int, int] | None
     verbose: bool
     # decided by the set-up
     multilabel: bool
@@ -110,6 +123,8 @@ class TrainingConfig:
         names = {f.name for f in dataclasses.fields(cls)} - set(decided)
         values = {k: v for k, v in params.items() if k in names}
         values["betas"] = tuple(values["betas"])
+        if values["weight_averaging"] is not None:
+            values["weight_averaging"] = tuple(values["weight_averaging"])
         values["verbose"] = bool(values["verbose"])
         return cls(**values, **decided)
 
@@ -347,6 +362,8 @@ class TrainingResult:
     interrupted: bool
     #: the early stopping of a fit with validation, else None
     early_stopping: EarlyStopping | None
+    #: the weight averaging of a fit with one, else None
+    weight_average: WeightAverage | None
     #: the optimizer, schedule and step count, for the next partial_fit
     optimizer_state: dict | None
 
@@ -368,10 +385,16 @@ def train(
     ``max_epochs`` epochs (one if ``incremental``, going on from
     ``optimizer_state``); with ``early_stopping`` (not incremental), on a
     stratified split, until the validation score stops improving, and the
-    model ends with the best epoch's weights. Ctrl-C stops after the current
-    batch; the model keeps its weights (the best ones with validation).
+    model ends with the best epoch's weights; with ``weight_averaging`` (not
+    incremental), with the mean of the weights at the end of the epochs of
+    its range that ran. Ctrl-C stops after the current batch; the model keeps
+    its weights (the best ones with validation, the mean of the range's
+    epochs that ended before the interruption with averaging).
     """
     validate = config.early_stopping and not incremental
+    average = None
+    if config.weight_averaging is not None and not incremental:
+        average = WeightAverage(*config.weight_averaging)
     with frozen(model, config.freeze) as parameters, Interrupt() as interrupt:
         trainer = Trainer(model, parameters, config, class_weight)
         if optimizer_state is not None:
@@ -382,26 +405,30 @@ def train(
                 targets, config.validation_fraction, config.multilabel, config.seed
             )
             stopping = EarlyStopping(config.tol, config.n_iter_no_change)
-        for _ in range(1 if incremental else config.max_epochs):
+        for fit_epoch in range(1, 2 if incremental else config.max_epochs + 1):
             epoch = len(history) + 1
             record = _epoch(
                 trainer, features, targets, train_idx, valid_idx, epoch, interrupt
             )
             if record is None:  # interrupted before a batch was done
                 break
-            history.append(record)
-            if config.verbose:
-                _report(record)
-            if interrupt.requested:
-                break
-            if stopping is not None and stopping.update(
-                record["valid_score"], epoch, model
-            ):
+            done = False
+            with interrupt.caught():  # a KeyboardInterrupt here ends the fit too
+                history.append(record)
+                if average is not None and not interrupt.requested:
+                    average.update(fit_epoch, model)
+                if config.verbose:
+                    _report(record)
+                if stopping is not None and not interrupt.requested:
+                    done = stopping.update(record["valid_score"], epoch, model)
+            if done or interrupt.requested:
                 break
     if stopping is not None and stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
+    if average is not None:
+        average.load_into(model)
     state = trainer.state_dict() if incremental else None
-    return TrainingResult(interrupt.requested, stopping, state)
+    return TrainingResult(interrupt.requested, stopping, average, state)
 
 
 def _epoch(
@@ -413,10 +440,14 @@ def _epoch(
     seed = derive_seed(config.seed, EPOCH_SEED, epoch)
     seed_torch(seed, config.device)  # dropout
     generator = torch.Generator().manual_seed(seed)  # order, augmentation
-    if train_idx is None:
-        order = torch.randperm(len(features), generator=generator)
+    clips = torch.arange(len(features)) if train_idx is None else train_idx
+    if config.sampler == "balanced":
+        draw = torch.Generator().manual_seed(
+            derive_seed(config.seed, SAMPLER_SEED, epoch)
+        )
+        order = clips[balanced_sample(targets[clips], len(clips), draw)]
     else:
-        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        order = clips[torch.randperm(len(clips), generator=generator)]
     record = {
         "epoch": epoch,
         "train_loss": None,
@@ -427,7 +458,7 @@ def _epoch(
     }
     progress = _Progress(len(order), config.verbose, f"epoch {epoch}")
     start = time.perf_counter()
-    try:
+    with interrupt.caught():
         with progress:
             trainer.run(features, targets, order, generator, progress, interrupt)
         record["learning_rate"] = trainer.lr
@@ -436,8 +467,6 @@ def _epoch(
             if valid_idx is not None:
                 loss, score = trainer.validate(features, targets, valid_idx)
                 record.update(valid_loss=loss, valid_score=score)
-    except KeyboardInterrupt:
-        interrupt.requested = True
     if not progress.seen:
         return None
     record["train_loss"] = progress.mean_loss

@@ -15,6 +15,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from skast import ASTClassifier
 from skast._recipes import NORM_STATS
@@ -79,6 +80,46 @@ def make(**params):
     return ASTClassifier(**{**base, **params})
 
 
+class ModelLogits:
+    """The logits of the fitted ``model_``'s forwards in the block (its own
+    forward hook), as one float64 array: :attr:`value`."""
+
+    def __init__(self, clf):
+        self.model, self.outputs = clf.model_, []
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_hook(
+            lambda module, args, out: self.outputs.append(out.detach().double())
+        )
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    @property
+    def value(self) -> np.ndarray:
+        return torch.cat(self.outputs).numpy()
+
+
+class AdamSteps:
+    """Adam's step count after each optimizer step in the block (torch's
+    global optimizer-step hook): :attr:`steps`."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __enter__(self):
+        self.handle = register_optimizer_step_post_hook(self.record)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def record(self, optimizer, args, kwargs):
+        first = optimizer.param_groups[0]["params"][0]
+        self.steps.append(int(optimizer.state[first]["step"]))
+
+
 @pytest.fixture(scope="module")
 def data():
     return sounds(4, seed=0, classes=CLASSES[:3], duration=(0.2, 0.4))
@@ -132,9 +173,11 @@ def test_binary_outputs(labels):
     y = np.where(y == "low", labels[0], labels[1])
     clf = make().fit(X, y)
     assert_array_equal(clf.classes_, np.unique(y))
-    logits = clf._logits(X)
-    decision = clf.decision_function(X)
+    with ModelLogits(clf) as seen:
+        decision = clf.decision_function(X)
+    logits = seen.value
     assert decision.shape == (len(X),)
+    assert logits.shape == (len(X), 2)
     assert_allclose(decision, logits[:, 1] - logits[:, 0])
     pred = clf.predict(X)
     assert set(pred) <= set(labels) and pred.dtype == clf.classes_.dtype
@@ -172,7 +215,9 @@ def test_multilabel_indicator():
     proba = clf.predict_proba(X)
     assert proba.shape == Y.shape and ((proba >= 0) & (proba <= 1)).all()
     assert_array_equal(pred, (proba > 0.5).astype(int))
-    assert_allclose(clf.decision_function(X), clf._logits(X))
+    with ModelLogits(clf) as seen:
+        decision = clf.decision_function(X)
+    assert_allclose(decision, seen.value)
     # binary cross-entropy, not a softmax: rows need not sum to one
     assert not np.allclose(proba.sum(1), 1)
     assert clf.loss_curve_[-1] < clf.loss_curve_[0]
@@ -235,11 +280,26 @@ def test_recipe_fills_in_defaults_only(data):
     assert esc == dict(
         learning_rate=1e-5, max_epochs=25, batch_size=48, freqm=24, timem=96,
         mixup=0.0, max_length=512, normalize="esc50", warmup_steps=0,
-        lr_decay_start=5, lr_decay_every=1, lr_decay=0.85,
+        lr_decay_start=5, lr_decay_every=1, lr_decay=0.85, sampler=None,
+        weight_averaging=None,
     )  # fmt: skip
-    audioset = ASTClassifier(recipe="audioset")._resolve_recipe()
-    assert audioset["warmup_steps"] == 1000 and audioset["lr_decay"] == 0.5
-    assert (audioset["timem"], audioset["max_length"]) == (192, 1024)
+    assert (rp["sampler"], rp["weight_averaging"]) == (None, None)
+
+
+def test_audioset_recipe_samples_and_averages(data):
+    X, y = data
+    clf = make(recipe="audioset", max_length=32, max_epochs=2).fit(X, y)
+    rp = clf.recipe_params_
+    assert rp["warmup_steps"] == 1000 and rp["lr_decay"] == 0.5
+    assert (rp["freqm"], rp["timem"], rp["mixup"]) == (48, 192, 0.5)
+    assert (rp["sampler"], rp["weight_averaging"]) == ("balanced", (1, 5))
+    assert clf.n_iter_ == 2
+    assert ASTClassifier(recipe="audioset")._resolve_recipe()["max_length"] == 1024
+    # with early stopping the recipe keeps the best epoch's weights instead
+    early = make(recipe="audioset", max_length=32, max_epochs=2, early_stopping=True)
+    early.set_params(validation_fraction=0.25).fit(X, y)
+    assert early.recipe_params_["weight_averaging"] is None
+    assert early.recipe_params_["sampler"] == "balanced"
 
 
 # ---------------------------------------------------------------- partial_fit, warm_start
@@ -247,14 +307,18 @@ def test_recipe_fills_in_defaults_only(data):
 
 def test_partial_fit(data):
     X, y = data
-    clf = make()
+    clf = make(lr_decay_start=1, lr_decay=0.5)
     with pytest.raises(ValueError, match="classes must be passed"):
         clf.partial_fit(X, y)
     classes = np.unique(y)
-    clf.partial_fit(X[:6], y[:6], classes=classes)
-    assert clf.n_iter_ == 1 and clf._partial_state["global_step"] == 1
-    clf.partial_fit(X[6:], y[6:])
-    assert clf.n_iter_ == 2 and clf._partial_state["global_step"] == 2
+    with AdamSteps() as adam:  # 6 and 6 clips: one step of 8 per call
+        clf.partial_fit(X[:6], y[:6], classes=classes)
+        assert clf.n_iter_ == 1
+        clf.partial_fit(X[6:], y[6:])
+        assert clf.n_iter_ == 2
+    # the second call goes on with the first's Adam and schedule
+    assert adam.steps == [1, 2]
+    assert [h["learning_rate"] for h in clf.history_] == [1e-3, 5e-4]
     assert_array_equal(clf.classes_, classes)
     with pytest.raises(ValueError, match="not in classes"):
         clf.partial_fit(X[:2], ["bird", "bird"])
@@ -265,13 +329,16 @@ def test_partial_fit(data):
     assert a.loss_curve_ == pytest.approx(b.loss_curve_)
     # a pickle goes on where the estimator would
     loaded = pickle.loads(pickle.dumps(a))
-    assert_array_equal(
-        loaded.partial_fit(X, y).decision_function(X),
-        a.partial_fit(X, y).decision_function(X),
-    )
-    # fit keeps no optimizer state
-    assert not hasattr(b, "_partial_state")
-    assert not hasattr(a.fit(X, y), "_partial_state")
+    with AdamSteps() as adam:
+        going_on = loaded.partial_fit(X, y).decision_function(X)
+    assert_array_equal(going_on, a.partial_fit(X, y).decision_function(X))
+    assert adam.steps == [5, 6]  # after two calls of two steps
+    # fit keeps no optimizer state: a partial_fit after it starts a new Adam
+    with AdamSteps() as adam:
+        b.partial_fit(X, y)  # 12 clips: two steps an epoch
+        a.fit(X, y)  # two epochs
+        a.partial_fit(X, y)
+    assert adam.steps == [1, 2] + [1, 2, 3, 4] + [1, 2]
 
 
 def test_warm_start(data):

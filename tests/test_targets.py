@@ -1,4 +1,5 @@
-"""skast._targets: the encoding of y, by where its classes come from."""
+"""skast._targets: the encoding of y, by where its classes come from, and the
+balanced sampler's weights and draws."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import scipy.sparse as sp
 import torch
 from numpy.testing import assert_array_equal
 
-from skast._targets import Targets, class_weights, encode_targets
+from skast._targets import Targets, balanced_sample, class_weights, encode_targets
 
 
 def test_a_first_fit_takes_the_classes_of_y():
@@ -76,3 +77,46 @@ def test_class_weights():
     assert class_weights({"a": 1.0, "b": 3.0}, t).tolist() == [1.0, 3.0]
     with pytest.raises(ValueError, match="single-label"):
         class_weights("balanced", encode_targets(np.eye(2, dtype=int), 2))
+
+
+# ---------------------------------------------------------------- balanced sampling
+
+
+def expected_weights(Y):
+    """The AudioSet recipe's sample weights, written out for an indicator
+    ``Y`` (egs/audioset/gen_weight_file.py)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    return Y @ (1000.0 / (Y.sum(0) + 0.01))
+
+
+def assert_binomial(counts, weights, n_draws):
+    """Each clip's count of ``n_draws`` independent draws within 5 binomial
+    standard deviations of ``n_draws * p`` (p = its share of the weights),
+    and the counts told apart from drawing every clip alike."""
+    p = weights / weights.sum()
+    sigma = np.sqrt(n_draws * p * (1 - p))
+    assert_array_equal(counts[p == 0], 0)
+    assert (np.abs(counts - n_draws * p) <= 5 * sigma).all()
+    uniform = n_draws / len(p)
+    assert (np.abs(uniform - n_draws * p) > 5 * sigma).any()  # the test can tell
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_balanced_sample_follows_the_weights(multilabel):
+    rng = np.random.default_rng(0)
+    y = rng.choice(4, size=30, p=[0.6, 0.25, 0.1, 0.05])
+    Y = np.eye(4, dtype=np.uint8)[y]
+    if multilabel:
+        Y[:, 3] |= (rng.random(30) < 0.2).astype(np.uint8)  # a second label
+        Y[0] = 0  # a clip without labels
+        targets = torch.from_numpy(Y)
+    else:
+        targets = torch.from_numpy(y)
+    n = 100_000
+    draws = balanced_sample(targets, n, torch.Generator().manual_seed(0))
+    assert draws.shape == (n,) and draws.dtype == torch.int64
+    assert_binomial(np.bincount(draws, minlength=30), expected_weights(Y), n)
+    again = balanced_sample(targets, n, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+    with pytest.raises(ValueError, match="no training clip has a label"):
+        balanced_sample(torch.zeros((3, 2), dtype=torch.uint8), 3, torch.Generator())

@@ -18,8 +18,10 @@ truth of the clips it sees.
 """
 
 import contextlib
+import io
 import os
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -31,10 +33,12 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 from torch.overrides import TorchFunctionMode
+from tqdm import TqdmWarning
 
 from skast._model import AST
 from skast._training import WARMUP_PERIOD, warmup_lr
 from tests.test_classifier import make
+from tests.test_targets import assert_binomial, expected_weights
 
 SR = 16000
 TONES = (300.0, 1500.0, 5000.0)  # Hz: mel bins about 16, 57 and 106 of 128
@@ -375,3 +379,212 @@ def test_keyboard_interrupt_keeps_the_best_weights():
     assert clf.validation_scores_ == [0.75, 0.375]
     assert torch.equal(clf.model_.head[1].weight, scores.heads[0])
     assert clf.predict_proba(X).shape == (len(X), 3)
+
+
+class InterruptingStream(io.StringIO):
+    """A stdout that raises ``KeyboardInterrupt`` at its first line holding
+    ``text`` (the verbose report of an epoch)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.text, self.raised = text, False
+
+    def write(self, s):
+        if self.text in s and not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
+        return super().write(s)
+
+
+def test_keyboard_interrupt_in_the_epoch_report_ends_fitted(data):
+    X, y = data
+    stream = InterruptingStream("epoch 2, train_loss=")
+    clf = make(max_epochs=5, verbose=True)
+    with contextlib.redirect_stdout(stream), warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        with pytest.warns(UserWarning, match="interrupted.*after 2 epoch"):
+            clf.fit(X, y)
+    assert stream.raised and "epoch 1, train_loss=" in stream.getvalue()
+    assert clf.n_iter_ == 2 and len(clf.history_) == 2
+    assert clf.predict(X).shape == (len(X),)
+
+
+def test_keyboard_interrupt_while_keeping_the_best_weights_ends_fitted():
+    X, y = toned(11, seed=6)
+    X, y = X[:32], y[:32]  # 8 validation clips
+    clf = make(max_epochs=1, warm_start=True).fit(X, y)
+    copies = []
+
+    def on_state_dict(module, state, prefix, local_metadata):
+        copies.append(module.head[1].weight.detach().clone())
+        if len(copies) == 2:  # the copy of the second best epoch's weights
+            raise KeyboardInterrupt
+
+    handle = clf.model_.register_state_dict_post_hook(on_state_dict)
+    scores = ScriptedScores([0.5, 0.75, 0.875], 8)
+    clf.set_params(early_stopping=True, validation_fraction=0.25, max_epochs=3)
+    try:
+        with ast_forward(scores), pytest.warns(UserWarning, match="epoch \\(2\\)"):
+            clf.fit(X, y)
+    finally:
+        handle.remove()
+    # the fit ends after its second epoch (history's third), with the weights
+    # of the first, whose copy was complete
+    assert len(copies) == 2 and clf.n_iter_ == 3
+    assert clf.validation_scores_ == [0.5, 0.75] and clf.best_validation_score_ == 0.5
+    assert torch.equal(clf.model_.head[1].weight, copies[0])
+    assert torch.equal(copies[0], scores.heads[0])
+
+
+# ---------------------------------------------------------------- balanced sampling
+
+
+def clips_seen(store, clean):
+    """The clip index of each training input: the clip whose features it is."""
+    x = torch.cat(store)
+    same = (x[:, None] == clean[None]).flatten(2).all(-1)
+    assert same.any(1).all()  # every input is one of the clips
+    return same.float().argmax(1)
+
+
+def test_balanced_sampler_in_fit():
+    X, y = toned(6, seed=7)  # 18 clips
+    Y = np.stack([y == "a", (y == "b") & (np.cumsum(y == "b") <= 2), y != "a"], 1)
+    Y = Y.astype(int)
+    Y[np.flatnonzero(y == "c")[0]] = 0  # never drawn
+    epochs, seen = 20, {"train": [], "eval": []}
+    params = dict(max_epochs=epochs, batch_size=6, sampler="balanced")
+    with ast_forward(inputs_by_mode(seen)):
+        clf = make(**params).fit(X, Y)
+        clf.predict(X)
+    clean = torch.cat(seen["eval"])
+    drawn = clips_seen(seen["train"], clean)
+    assert len(drawn) == epochs * len(X)  # as many draws as clips an epoch
+    assert_binomial(
+        np.bincount(drawn, minlength=len(X)), expected_weights(Y), len(drawn)
+    )
+    # the same random_state draws the same clips; another, others
+    again, other = {"train": [], "eval": []}, {"train": [], "eval": []}
+    with ast_forward(inputs_by_mode(again)):
+        make(**params).fit(X, Y)
+    with ast_forward(inputs_by_mode(other)):
+        make(**params, random_state=1).fit(X, Y)
+    assert torch.equal(clips_seen(again["train"], clean), drawn)
+    assert not torch.equal(clips_seen(other["train"], clean), drawn)
+
+
+def test_balanced_sampler_draws_training_clips_only():
+    X, y = toned(8, seed=8, n_classes=2)  # 16 clips: 12 to train, 4 to validate
+    seen = {"train": [], "eval": []}
+    with ast_forward(inputs_by_mode(seen)):
+        clf = make(
+            sampler="balanced", early_stopping=True, validation_fraction=0.25,
+            max_epochs=3, n_iter_no_change=5,
+        ).fit(X, y)  # fmt: skip
+        clf.predict(X)
+    evaluated = torch.cat(seen["eval"])  # 3 validations, then the prediction
+    clean = evaluated[-len(X) :]
+    validated = clips_seen([evaluated[: -len(X)]], clean)
+    assert len(validated) == 3 * 4 and len(set(validated.tolist())) == 4
+    drawn = clips_seen(seen["train"], clean)
+    assert len(drawn) == 3 * 12
+    assert not set(drawn.tolist()) & set(validated.tolist())
+
+
+# ---------------------------------------------------------------- weight averaging
+
+
+class EpochWeights:
+    """The trained weights after each epoch's last optimizer step (torch's
+    global optimizer-step hook), for epochs of ``steps`` steps."""
+
+    def __init__(self, steps):
+        self.steps, self.count, self.epochs = steps, 0, []
+
+    def __call__(self, optimizer, args, kwargs):
+        self.count += 1
+        if self.count % self.steps == 0:
+            params = optimizer.param_groups[0]["params"]
+            self.epochs.append([p.detach().clone() for p in params])
+
+
+def assert_mean_to_float32_rounding(result, tensors):
+    """``result`` is the float32 mean of ``tensors`` summed in order, then
+    divided: within the rounding bound of that sum and division.
+
+    With u = 2**-24, a sum of k float32 terms is within
+    gamma_{k-1} = (k-1)u / (1-(k-1)u) times the sum of their magnitudes, and
+    the division adds u times the result's magnitude; the float64 reference
+    adds its own 2**-52.
+    """
+    k, u = len(tensors), 2.0**-24
+    x = torch.stack(tensors).double()
+    exact, magnitude = x.mean(0), x.abs().mean(0)
+    gamma = (k - 1) * u / (1 - (k - 1) * u)
+    bound = gamma * magnitude * (1 + u) + (u + 2.0**-52) * exact.abs()
+    assert ((result.double() - exact).abs() <= bound).all()
+
+
+def test_weight_averaging_is_the_mean_of_the_epochs(data):
+    X, y = data  # 12 clips: 3 steps of 4 an epoch
+    weights = EpochWeights(steps=3)
+    with optimizer_steps(post=weights):
+        plain = make(max_epochs=4, batch_size=4).fit(X, y)
+    # the seam sees the fitted weights: without averaging, the last epoch's
+    assert all(
+        torch.equal(p, w) for p, w in zip(plain.model_.parameters(), weights.epochs[-1])
+    )
+    weights = EpochWeights(steps=3)
+    with optimizer_steps(post=weights):
+        # a range past max_epochs averages the epochs up to it: 2, 3 and 4
+        clf = make(max_epochs=4, batch_size=4, weight_averaging=(2, 9)).fit(X, y)
+    assert len(weights.epochs) == 4
+    assert clf.loss_curve_ == plain.loss_curve_  # the same training
+    for i, p in enumerate(clf.model_.parameters()):
+        assert_mean_to_float32_rounding(p, [w[i] for w in weights.epochs[1:]])
+    assert not torch.equal(p, weights.epochs[-1][i])
+    assert clf.recipe_params_["weight_averaging"] == (2, 9)
+
+
+def test_weight_averaging_interrupted():
+    X, y = toned(4, seed=0)  # 12 clips: 3 steps of 4 an epoch
+    interrupt, weights = InterruptAt(7, "signal"), EpochWeights(steps=3)
+    clf = make(max_epochs=5, batch_size=4, weight_averaging=(2, 5))
+    with interrupt.hooks(), optimizer_steps(post=weights):
+        with pytest.warns(UserWarning, match="mean of its weights after epoch 2 of"):
+            clf.fit(X, y)
+    # epoch 3 was interrupted after its first step: only epoch 2 is averaged
+    assert clf.n_iter_ == 3
+    assert all(
+        torch.equal(p, w) for p, w in zip(clf.model_.parameters(), weights.epochs[1])
+    )
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(weight_averaging=(0, 2)), "1 <= first <= last, got \\(0, 2\\)"),
+        (dict(weight_averaging=(3, 2)), "1 <= first <= last"),
+        (dict(weight_averaging=(1, 2, 3)), "a pair of epochs"),
+        (dict(weight_averaging=(1.0, 2)), "a pair of epochs"),
+        (dict(weight_averaging=(True, 2)), "a pair of epochs"),
+        (dict(weight_averaging=(3, 4), max_epochs=2), "starts after the last epoch"),
+        (dict(weight_averaging=(1, 2), early_stopping=True), "early_stopping"),
+        (dict(weight_averaging="last"), "weight_averaging"),
+        (dict(sampler="uniform"), "sampler"),
+    ],
+)
+def test_bad_sampler_and_weight_averaging(data, params, match):
+    X, y = data
+    with pytest.raises(ValueError, match=match):
+        make(**params).fit(X, y)
+
+
+def test_weight_averaging_leaves_frozen_weights_as_they_are(data):
+    X, y = data
+    clf = make(max_epochs=1, warm_start=True).fit(X, y)
+    before = {k: v.clone() for k, v in clf.model_.state_dict().items()}
+    clf.set_params(freeze="encoder", max_epochs=3, weight_averaging=(1, 3)).fit(X, y)
+    after = clf.model_.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"}
