@@ -1,12 +1,21 @@
-"""skast._cache: atomic writes, misses, keys and the cache folder."""
+"""skast._cache: atomic writes, misses, keys and the cache folder, and two
+processes embedding into one cache at once (nothing lost or corrupt, no
+temporary file left, every entry equal to a fresh computation).
 
+Processes embedding the same clips into one cache, and the cache seen
+through ``ASTFeaturizer``, are in tests/test_featurizer.py.
+"""
+
+import multiprocessing
 import os
+import warnings
 
 import joblib
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 
+from skast._audio import check_audio_input
 from skast._cache import (
     array_fingerprint,
     cache_dir,
@@ -15,6 +24,8 @@ from skast._cache import (
     read_embedding,
     write_embedding,
 )
+from tests._helpers import clips, featurizer
+from tests.conftest import TINY
 
 
 def test_writes_are_atomic(tmp_path):
@@ -78,3 +89,52 @@ def test_fingerprints(tmp_path):
     assert array_fingerprint(x) == array_fingerprint(x.copy())
     assert array_fingerprint(x) != array_fingerprint(x.reshape(2, 3))
     assert array_fingerprint(x) != array_fingerprint(x.astype(np.float64))
+
+
+# ---------------------------------------------------------------- two processes
+
+
+def _embed_into(cache, X, out, barrier):
+    est = featurizer(batch_size=4, cache=cache).fit(X)
+    barrier.wait(timeout=300)  # both processes embed at the same time
+    np.save(out, est.transform(X))
+
+
+def test_two_processes_embed_same_and_different_clips_into_one_cache(tmp_path):
+    shared, mine, theirs = clips(8, seed=1), clips(6, seed=2), clips(6, seed=3)
+    X1 = mine + shared  # process 1
+    X2 = shared[::-1] + theirs  # process 2: the shared clips in another order
+    cache = tmp_path / "cache"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_embed_into, args=(cache, X, tmp_path / f"{i}.npy", barrier))
+        for i, X in enumerate([X1, X2])
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    every = mine + shared + theirs
+    fresh = featurizer(batch_size=4).fit(every).transform(every)
+    # the files are named by the clips' fingerprints
+    audio = check_audio_input(every)
+    by_name = {audio.fingerprint(i): fresh[i] for i in range(len(every))}
+    # each process got what a computation without cache gives
+    assert_allclose(np.load(tmp_path / "0.npy"), fresh[:14], atol=1e-6)
+    expected = np.r_[fresh[6:14][::-1], fresh[14:]]
+    assert_allclose(np.load(tmp_path / "1.npy"), expected, atol=1e-6)
+    # nothing lost, nothing corrupt, no temporary files left
+    files = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert all(f.suffix == ".npy" and not f.name.startswith(".") for f in files)
+    assert sorted(f.stem for f in files) == sorted(by_name)
+    for f in files:
+        row = np.load(f, allow_pickle=False)
+        assert row.dtype == np.float32 and row.shape == (TINY["hidden_size"],)
+        assert_allclose(row, by_name[f.stem], atol=1e-6)
+    # and a third user reads them all from the cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reread = featurizer(batch_size=4, cache=cache).fit(every).transform(every)
+    assert_allclose(reread, fresh, atol=1e-6)

@@ -1,6 +1,11 @@
-"""Checkpoints: parity with transformers, round trips, original files, safety."""
+"""skast._checkpoints: parity with transformers, round trips, original files,
+safety; and bad checkpoints (truncated, of the wrong shapes, not checkpoints,
+pickles carrying code) through the estimators and the command line: a clear
+error naming the file, the estimator as it was, no code run.
+"""
 
 import json
+import pickle
 import re
 
 import pytest
@@ -8,6 +13,15 @@ import torch
 
 from skast._checkpoints import load_checkpoint, save_pretrained
 from skast._model import AST, ASTConfig
+from skast.cli import main
+from tests._helpers import (
+    assert_unchanged,
+    classifier,
+    clips,
+    featurizer,
+    snapshot,
+    write,
+)
 from tests.conftest import TINY, randomize_
 
 transformers = pytest.importorskip("transformers")
@@ -241,6 +255,8 @@ def test_config_that_disagrees_with_the_weights(hf_tiny_dir, tmp_path):
 
 
 class _Payload:
+    """Unpickling it creates a file."""
+
     def __init__(self, target):
         self.target = target
 
@@ -405,3 +421,108 @@ def test_hub_id_downloads_from_the_hub(local_hub):
         torch.testing.assert_close(ckpt.model(x), model(x), atol=0, rtol=0)
     with pytest.raises(OSError, match="could not get 'org/missing'"):
         load_checkpoint("org/missing")
+
+
+# ---------------------------------------------------------------- estimators, CLI
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, hf_tiny_dir):
+    """name -> (path, pattern of the error, which names the path)."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    sd = {"module.v." + k: v for k, v in AST(ASTConfig(**TINY)).state_dict().items()}
+    out = {}
+
+    def add(name, path, pattern):
+        out[name] = (path, pattern)
+
+    torch.save(sd, d / "audioset_10_10_good.pth")
+    raw = (d / "audioset_10_10_good.pth").read_bytes()
+    (d / "truncated.pth").write_bytes(raw[: len(raw) // 3])
+    add("truncated .pth", d / "truncated.pth", r"truncated\.pth' is not a readable")
+    hf = d / "truncated_hf"
+    hf.mkdir()
+    (hf / "config.json").write_text((hf_tiny_dir / "config.json").read_text())
+    data = (hf_tiny_dir / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(data[: len(data) // 2])
+    add("truncated safetensors", hf, r"truncated_hf.*truncated or corrupt")
+    wrong = dict(sd, **{"module.v.blocks.0.mlp.fc1.weight": torch.zeros(10, 32)})
+    torch.save(wrong, d / "audioset_10_10_wrong.pth")
+    add("wrong shapes", d / "audioset_10_10_wrong.pth", r"wrong\.pth.*wrong shapes")
+    (d / "text.pth").write_text("this is not a checkpoint")
+    add("text file named .pth", d / "text.pth", r"text\.pth' is not a readable")
+    add("missing file", d / "missing.pth", r"no such checkpoint file.*missing\.pth")
+    marker = d / "pwned"
+    evil = dict(sd, extra=_Payload(str(marker)))
+    torch.save(evil, d / "audioset_10_10_evil.pth")
+    add("pickle with code (.pth)", d / "audioset_10_10_evil.pth", r"refusing.*evil")
+    evil_hf = d / "evil_hf"
+    evil_hf.mkdir()
+    (evil_hf / "config.json").write_text((hf_tiny_dir / "config.json").read_text())
+    torch.save(evil, evil_hf / "pytorch_model.bin")
+    add("pickle with code (.bin)", evil_hf, r"refusing to load .*evil_hf")
+    (d / "plain_evil.pth").write_bytes(pickle.dumps(_Payload(str(marker))))
+    add("plain pickle with code", d / "plain_evil.pth", r"plain_evil\.pth' is not a")
+    (d / "bytes.pth").write_bytes(b"garbage\x00\x01" * 10)
+    add("random bytes", d / "bytes.pth", r"bytes\.pth' is not a readable")
+    (d / "empty.bin").write_bytes(b"")
+    add("empty file", d / "empty.bin", r"empty\.bin' is not a readable.*EOFError")
+    return out, marker
+
+
+CHECKPOINT_CASES = [
+    "truncated .pth",
+    "truncated safetensors",
+    "wrong shapes",
+    "text file named .pth",
+    "missing file",
+    "pickle with code (.pth)",
+    "pickle with code (.bin)",
+    "plain pickle with code",
+    "random bytes",
+    "empty file",
+]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_bad_checkpoints_through_the_estimators_and_the_cli(
+    case, checkpoints, tmp_path, capsys
+):
+    (cases, marker), X = checkpoints, clips(8)
+    path, pattern = cases[case]
+    error = OSError if case == "missing file" else ValueError
+    for est in (
+        featurizer(checkpoint=path, model_config=None),
+        classifier(checkpoint=path, model_config=None),
+    ):
+        params = dict(est.__dict__)
+        with pytest.raises(error, match=pattern):
+            est.fit(X, ["a", "b"] * 4)
+        assert est.__dict__ == params
+    # a fitted estimator pointed at it keeps its model
+    est = featurizer(batch_size=4).fit(X)
+    est.set_params(checkpoint=path, model_config=None)
+    snap = snapshot(est)
+    with pytest.raises(error, match=pattern):
+        est.fit(X)
+    assert_unchanged(est, snap)
+    # the command line: exit code 1 and a one-line message naming the file
+    wav = write(tmp_path / "a.wav", X[0])
+    argv = ["embed", str(wav), "-o", str(tmp_path / "x.npy"), "--checkpoint"]
+    capsys.readouterr()
+    assert main([*argv, str(path), "--device", "cpu", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skast: error: ") and path.name in err
+    assert "Traceback" not in err
+    assert not marker.exists()  # the code in the pickles never ran
+
+
+def test_the_payload_is_real(tmp_path):
+    """Unpickled without the guard, the payload creates its file: the
+    tests above would notice if the guard were gone."""
+    marker = tmp_path / "made"
+    torch.save({"x": _Payload(str(marker))}, tmp_path / "evil.pth")
+    assert not marker.exists()
+    torch.load(tmp_path / "evil.pth", weights_only=False)["x"].close()
+    assert marker.exists()

@@ -1,5 +1,13 @@
-"""The ``skast`` command line: help, exit codes, embed / finetune / predict / demo."""
+"""The ``skast`` command line: help, exit codes, embed / finetune / predict /
+demo, and its bad input: unreadable audio files, an empty folder, bad model
+files (each a one-line error, exit 1 or 2, no traceback).
 
+Bad checkpoints through the command line are in tests/test_checkpoints.py.
+"""
+
+import re
+
+import joblib
 import numpy as np
 import pytest
 import soundfile as sf
@@ -8,6 +16,7 @@ import torch
 from skast._checkpoints import save_pretrained
 from skast._model import AST, ASTConfig
 from skast.cli import main
+from tests._helpers import clips, write
 from tests.conftest import FAST
 
 
@@ -145,3 +154,75 @@ def test_demo_runs(capsys):
     assert main(["demo", "--n-per-class", "6", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "ASTFeaturizer + LogisticRegression" in out and "chance level" in out
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory, fitted_classifier):
+    """A fitted classifier's checkpoint (``ckpt``) and model file
+    (``model.joblib``)."""
+    d = tmp_path_factory.mktemp("cli")
+    save_pretrained(fitted_classifier.model_, d / "ckpt")
+    joblib.dump(fitted_classifier, d / "model.joblib")
+    return d
+
+
+@pytest.mark.parametrize(
+    "name", ["truncated.wav", "corrupt.flac", "notes.ogg", "empty.wav", "nan.wav"]
+)
+@pytest.mark.parametrize("command", ["embed", "predict", "finetune"])
+def test_cli_bad_audio_files_exit_1_naming_the_file(
+    command, name, audio_files, cli_model, tmp_path, capsys
+):
+    good, bad = audio_files / "good.wav", audio_files / name
+    out = str(tmp_path / "out.csv")
+    ckpt = ["--checkpoint", str(cli_model / "ckpt")]
+    if command == "embed":
+        argv = ["embed", str(good), str(bad), "-o", out, *ckpt]
+    elif command == "predict":
+        argv = ["predict", str(cli_model / "model.joblib"), str(bad)]
+    else:
+        root = tmp_path / "data"
+        for label in ("a", "b"):
+            (root / label).mkdir(parents=True)
+            (root / label / "good.wav").write_bytes(good.read_bytes())
+        (root / "b" / name).write_bytes(bad.read_bytes())
+        argv = ["finetune", str(root), "-o", out, *ckpt, "--epochs", "1"]
+    if command != "predict":  # predict runs where the model was fitted
+        argv += ["--device", "cpu", "-q"]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skast: error: clip ")
+    assert re.search(re.escape(name), err)
+    assert "Traceback" not in err
+
+
+def test_cli_empty_folder_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["embed", str(tmp_path / "empty"), "-o", str(tmp_path / "x.npy")]) == 2
+    assert "no audio files found in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"\x80\x04\x95garbage", r"cannot load the model file '.*model\.joblib'"),
+        ("not a model", r"'.*model\.joblib' does not hold a fitted classifier"),
+        (None, r"No such file or directory: '.*model\.joblib'"),
+    ],
+)
+def test_cli_predict_with_a_bad_model_file(content, pattern, tmp_path, capsys):
+    model = tmp_path / "model.joblib"
+    if isinstance(content, bytes):
+        model.write_bytes(content)
+    elif content is not None:
+        joblib.dump({"model": content}, model)
+    wav = write(tmp_path / "a.wav", clips(1)[0])
+    assert main(["predict", str(model), str(wav)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skast: error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(pattern, err), err

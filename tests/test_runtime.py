@@ -1,14 +1,23 @@
-"""Device and precision resolution, loading on a machine without the fitted
-device, the evaluation loop and its out-of-memory halving."""
+"""skast._runtime: device and precision resolution, loading on a machine
+without the fitted device, the evaluation loop and its out-of-memory halving,
+also through ``transform`` and ``predict_proba``.
+
+Out-of-memory errors are injected with the ``oom`` fixture (tests/conftest.py):
+torch's global forward pre-hook on the model's patch embedding. Out of memory
+in ``fit`` is in tests/test_training.py.
+"""
 
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from numpy.testing import assert_allclose
 
 import skast
 from skast import _runtime
+from tests._helpers import assert_unchanged, classifier, clips, featurizer, snapshot
 
 
 def test_resolve_device(monkeypatch):
@@ -121,6 +130,84 @@ def test_evaluate_fills_rows_in_order_and_restores_the_mode():
     x = torch.randn(5, 3)
     batches = [([4, 0], x[[4, 0]]), ([2], x[[2]]), ([1, 3], x[[1, 3]])]
     out = _runtime.evaluate(model, model, batches, 5, device="cpu", dtype=None)
+    # each batch's rows, as the model gives them for that batch (a batch of
+    # other rows may round differently), at their indices
+    want = torch.empty(5, 2)
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(out), model(x), atol=0, rtol=0)
+        for indices, batch in batches:
+            want[indices] = model(batch)
+    torch.testing.assert_close(torch.from_numpy(out), want, atol=0, rtol=0)
     assert out.dtype == "float32" and model.training
+
+
+# ---------------------------------------------------------------- through the estimators
+
+OOM_ERRORS = {
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory."),
+    "RuntimeError": lambda: RuntimeError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"
+    ),
+}
+
+# Rows are computed independently of the others in a batch, so a piece of
+# another size changes an embedding only by float32 rounding: the matrix
+# products may sum in another order for another number of rows. A sum of K
+# terms in another order differs by at most about K * eps * sum|terms|; the
+# reductions run over at most the hidden and intermediate widths (64 here)
+# and the tokens (< 2**7), so relative to the largest output the difference
+# stays below 2**12 * eps.
+ROWS_ATOL = 2**12 * float(torch.finfo(torch.float32).eps)
+
+
+def assert_rounding_equal(got, want):
+    assert_allclose(got, want, rtol=0, atol=ROWS_ATOL * np.abs(want).max())
+
+
+@pytest.mark.parametrize("error", list(OOM_ERRORS))
+def test_oom_in_transform_and_predict_halves_the_batch(error, oom):
+    X = clips(7)
+    est = featurizer(batch_size=8).fit(X)
+    clf = classifier(max_epochs=1).fit(X + X[:1], ["a", "b"] * 4)
+    oom.error = OOM_ERRORS[error]
+    for run in (est.transform, clf.predict_proba):
+        ref = run(X)
+        oom.limit, oom.calls = 2, []
+        try:
+            assert_rounding_equal(run(X), ref)
+        finally:
+            oom.limit = None
+        assert oom.sizes(ran=False) and max(oom.sizes(ran=True)) <= 2
+        assert sum(oom.sizes(ran=True)) == len(X)  # each clip run once
+
+
+def test_oom_batch_size_is_kept_for_the_next_batches(oom):
+    X = clips(7)
+    est = featurizer(batch_size=3).fit(X)
+    ref = est.transform(X)
+    oom.limit = 2
+    assert_rounding_equal(est.transform(X), ref)
+    # after the first piece that ran, no piece is too large: later batches
+    # start from the size that fitted
+    ran = [ok for _, ok, _ in oom.calls]
+    assert all(ran[ran.index(True) :])
+    assert max(oom.sizes(ran=True)) <= 2 and sum(oom.sizes(ran=True)) == len(X)
+    oom.calls.clear()
+    est.transform(X)  # a new call starts again from batch_size
+    assert oom.calls[0] == (3, False, "eval")
+
+
+def test_oom_on_a_single_clip_and_other_errors_are_raised(oom):
+    X = clips(3)
+    est = featurizer(batch_size=4).fit(X)
+    snap = snapshot(est)
+    oom.limit = 0  # not even one clip fits
+    with pytest.raises(torch.OutOfMemoryError):
+        est.transform(X)
+    assert oom.sizes(ran=True) == [] and min(oom.sizes(ran=False)) == 1
+    oom.calls.clear()
+    oom.error = lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        est.transform(X)
+    assert oom.calls == [(3, False, "eval")]  # not retried: not out of memory
+    oom.limit = None
+    assert_unchanged(est, snap)

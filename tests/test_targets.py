@@ -1,13 +1,24 @@
-"""skast._targets: the encoding of y, by where its classes come from, and the
-balanced sampler's weights and draws."""
+"""skast._targets: the encoding of y, by where its classes come from, the
+balanced sampler's weights and draws, and bad labels through the classifier's
+``fit``, ``partial_fit`` and ``score`` (each error names what is wrong; a
+failed refit keeps the previous model).
+
+fit's other label checks (NaN/None labels, one class, a ``y`` of the wrong
+length, unseen labels at ``score``) are in tests/test_classifier.py.
+"""
+
+import copy
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
 from skast._targets import Targets, balanced_sample, class_weights, encode_targets
+from tests._helpers import assert_same_input, assert_unchanged, classifier, snapshot
 
 
 def test_a_first_fit_takes_the_classes_of_y():
@@ -120,3 +131,63 @@ def test_balanced_sample_follows_the_weights(multilabel):
     assert torch.equal(draws, again)
     with pytest.raises(ValueError, match="no training clip has a label"):
         balanced_sample(torch.zeros((3, 2), dtype=torch.uint8), 3, torch.Generator())
+
+
+# ---------------------------------------------------------------- through the classifier
+
+
+@pytest.mark.parametrize(
+    "call, y, error, pattern",
+    [
+        ("score", [None, "a", "b"], ValueError, r"missing labels.*at index 0"),
+        ("score", np.array([0.0, 1.0, np.nan]), ValueError, r"missing.*index 2"),
+        ("score", ["a", "b"], ValueError, r"X has 3 clips but y has 2 labels"),
+        ("score", ["a", "b", "z"], ValueError, r"labels \['z'\] that the classi"),
+        ("partial_fit", ["a", None, "b"], ValueError, r"missing.*at index 1"),
+        ("partial_fit", ["a", "b"], ValueError, r"X has 3 clips but y has 2"),
+        (
+            "partial_fit",
+            ["a", "b", "z"],
+            ValueError,
+            r"labels \['z'\] that are not in classes \['a', 'b'\]",
+        ),
+        ("partial_fit_one_class", ["a", "a", "a"], ValueError, r"at least 2 classes"),
+        ("fit", [0.5, 1.5, 0.25], ValueError, r"Unknown label type: continuous"),
+    ],
+)
+def test_bad_labels(call, y, error, pattern, fitted_classifier, good_clips):
+    """fit's other label checks are in test_classifier.py; a failed refit
+    keeps the previous model."""
+    y_copy = copy.deepcopy(y)
+    if call == "partial_fit_one_class":  # a first call with one class
+        est = classifier()
+        params = dict(est.__dict__)
+        with pytest.raises(error, match=pattern):
+            est.partial_fit(good_clips, y, classes=["a"])
+        assert est.__dict__ == params
+    else:
+        est = copy.deepcopy(fitted_classifier)
+        snap = snapshot(est)
+        with pytest.raises(error, match=pattern):
+            getattr(est, call)(good_clips, y)
+        assert_unchanged(est, snap)
+    assert_same_input(y, y_copy)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(3, 12),
+    data=st.data(),
+    missing=st.sampled_from([None, float("nan")]),
+)
+def test_a_missing_label_is_named_by_its_index(n, data, missing):
+    bad = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)))
+    y = np.array(["dog", "cat"] * n, dtype=object)[:n]
+    for i in bad:
+        y[i] = missing
+    X = [np.zeros(400, np.float32)] * n
+    est = classifier()
+    pattern = rf"at index {bad[0]} and {len(bad) - 1} other"
+    with pytest.raises(ValueError, match=pattern):
+        est.fit(X, y)
+    assert not hasattr(est, "model_")

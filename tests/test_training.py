@@ -10,7 +10,9 @@ The tests watch and steer a fit only through public seams:
   (validation), logits that script the validation score (:class:`ScriptedScores`);
 - a :class:`torch.overrides.TorchFunctionMode` over the feature path's FFT
   (:class:`FeaturePasses`): how often the features are computed;
-- the public fitted ``model_``'s forward hooks, with ``warm_start``.
+- the public fitted ``model_``'s forward hooks, with ``warm_start``;
+- the ``oom`` fixture of tests/conftest.py: device out-of-memory errors
+  raised by torch's global forward pre-hook on the patch embedding.
 
 The clips of :func:`toned` are tones whose class can be read from the
 features the model is given (:func:`class_of`), so that a hook knows the
@@ -37,6 +39,7 @@ from tqdm import TqdmWarning
 
 from skast._model import AST
 from skast._training import WARMUP_PERIOD, warmup_lr
+from tests._helpers import assert_unchanged, classifier, clips, featurizer, snapshot
 from tests.test_classifier import make
 from tests.test_targets import assert_binomial, expected_weights
 
@@ -588,3 +591,142 @@ def test_weight_averaging_leaves_frozen_weights_as_they_are(data):
     after = clf.model_.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"}
+
+
+# ---------------------------------------------------------------- faults
+#
+# Out of memory in fit, through the ``oom`` fixture of tests/conftest.py
+# (torch's global forward pre-hook on the model's patch embedding), and fits
+# interrupted before the epochs or in the first step. Out of memory in
+# transform and predict is in tests/test_runtime.py.
+
+LABELS = np.array(["a", "b"] * 4)
+
+
+@pytest.fixture
+def step_gradients():
+    """The gradients each optimizer step is given, recorded through torch's
+    global optimizer-step hook: one list of tensors (None: no gradient) per
+    step, in the optimizer's parameter order."""
+    steps = []
+
+    def record(optimizer, args, kwargs):
+        steps.append(
+            [
+                None if p.grad is None else p.grad.detach().clone()
+                for group in optimizer.param_groups
+                for p in group["params"]
+            ]
+        )
+
+    with optimizer_steps(pre=record):
+        yield steps
+
+
+# float32 rounding of the accumulated gradient. Halving a batch changes only
+# the order of float32 sums (each piece's loss is weighted by its share, so
+# the sum of the pieces' gradients is the whole batch's gradient in exact
+# arithmetic). A sum of K terms in another order differs by at most about
+# K * eps * sum|terms| (Higham's bound); the reductions here run over the batch
+# and the tokens times the hidden width, K < 2**12, so relative to the largest
+# gradient of a tensor the difference stays below 2**12 * 2**-23 < 1e-3.
+GRAD_RTOL = 2**12 * float(torch.finfo(torch.float32).eps)
+
+
+@pytest.mark.parametrize(
+    "params, limit",
+    [
+        (dict(), 1),
+        # 6 training clips (4 + 2) and 2 validation clips, both split
+        (dict(early_stopping=True, validation_fraction=0.25), 1),
+        (dict(freeze="encoder"), 3),
+    ],
+)
+def test_oom_in_fit_halves_the_batch(params, limit, oom, step_gradients):
+    """The training step accumulates the gradients of the halves, so each
+    optimizer step is given the gradient of the whole batch.
+
+    What the mathematics fixes is that gradient, not the weights after Adam:
+    Adam's first step moves each weight by about ``lr * sign(grad)``, so a
+    gradient of about zero whose rounding differs moves its weight by up to
+    twice the learning rate. The learning rate is therefore tiny here (the
+    weights the later steps' gradients are taken at stay equal to well below
+    float32 rounding of the gradients), and the gradients are compared.
+    """
+    X = clips(8)
+    params = dict(params, batch_size=4, max_epochs=1, learning_rate=1e-9)
+    ref = classifier(**params).fit(X, LABELS)
+    ref_steps = list(step_gradients)
+    step_gradients.clear()
+    oom.limit = limit
+    clf = classifier(**params).fit(X, LABELS)
+    oom.limit = None
+    # out of memory in the training steps, and in the validation if any
+    failed = {phase for _, ran, phase in oom.calls if not ran}
+    assert failed == ({"train", "eval"} if "early_stopping" in params else {"train"})
+    # every piece that ran fits; once one has, the later steps start from
+    # its size and never run out of memory again
+    assert max(oom.sizes(ran=True)) <= limit
+    ran = [ok for _, ok, phase in oom.calls if phase == "train"]
+    assert all(ran[ran.index(True) :])
+    assert len(step_gradients) == len(ref_steps) > 0
+    for step, (got_step, ref_step) in enumerate(zip(step_gradients, ref_steps)):
+        assert len(got_step) == len(ref_step)
+        for i, (got, want) in enumerate(zip(got_step, ref_step)):
+            assert (got is None) == (want is None), (step, i)
+            if want is not None:
+                scale = float(want.abs().max())
+                assert_allclose(
+                    got, want, rtol=0, atol=GRAD_RTOL * scale, err_msg=f"{step}/{i}"
+                )
+    assert len(clf.history_) == len(ref.history_)
+    for a, b in zip(clf.history_, ref.history_):
+        assert_allclose(a["train_loss"], b["train_loss"], rtol=GRAD_RTOL)
+        assert a["valid_score"] == b["valid_score"]
+    assert_allclose(clf.predict_proba(X), ref.predict_proba(X), atol=GRAD_RTOL)
+
+
+def test_oom_on_a_single_clip_in_fit_leaves_the_estimator(oom):
+    X = clips(8)
+    clf = classifier(max_epochs=1).fit(X, LABELS)
+    snap = snapshot(clf)
+    oom.limit = 0  # not even one clip fits
+    with pytest.raises(torch.OutOfMemoryError):
+        clf.fit(X, LABELS)
+    assert oom.sizes(ran=True) == [] and min(oom.sizes(ran=False)) == 1
+    oom.limit = None
+    assert_unchanged(clf, snap)  # the previous model, still usable
+    assert clf.predict(X).shape == (8,)
+
+
+def test_interrupted_feature_extraction_keeps_the_fitted_model():
+    """Ctrl-C before the epochs (while the features are computed) raises
+    KeyboardInterrupt, and the estimator keeps its previous fit."""
+    X = clips(8)
+    clf = classifier(max_epochs=1).fit(X, LABELS)
+    est = featurizer(normalize="fit").fit(X)
+    proba = clf.predict_proba(X)
+    snaps = snapshot(clf), snapshot(est)
+    for fit in (lambda: clf.fit(X, LABELS), lambda: est.fit(X)):
+        with pytest.raises(KeyboardInterrupt), FeaturePasses(KeyboardInterrupt()):
+            fit()
+    assert_unchanged(clf, snaps[0])
+    assert_unchanged(est, snaps[1])
+    assert_array_equal(clf.predict_proba(X), proba)
+    fresh = featurizer(normalize="fit")
+    params = dict(fresh.__dict__)
+    with pytest.raises(KeyboardInterrupt), FeaturePasses(KeyboardInterrupt()):
+        fresh.fit(X)
+    assert fresh.__dict__ == params  # not half-fitted
+
+
+def test_interrupted_first_batch_gives_a_usable_model():
+    """Ctrl-C during the very first optimizer step: fitted, with 0 epochs
+    and the initial weights, and it predicts."""
+    X = clips(8)
+    with InterruptAt(1, "raise").hooks():
+        with pytest.warns(UserWarning, match=r"interrupted .* after 0 epoch"):
+            clf = classifier().fit(X, LABELS)
+    assert clf.n_iter_ == 0 and clf.history_ == []
+    proba = clf.predict_proba(X)
+    assert proba.shape == (8, 2) and np.isfinite(proba).all()
