@@ -54,7 +54,7 @@ import os
 import numpy as np
 import torch
 
-from skast._containers import _first_error, _is_path, classify
+from skast._containers import _first_error, _is_path, classify, item_at
 from skast._decode import check_rate, load_audio, probe, resample
 from skast._recipes import SAMPLE_RATE
 from skast._records import is_record, record_source
@@ -271,7 +271,8 @@ class AudioInput(collections.abc.Sequence):
             See :func:`to_waveform`.
         """
         j = self._source(i)
-        return to_waveform(self._items[j], sample_rate=sample_rate, index=j, copy=copy)
+        item = item_at(self._items, j)
+        return to_waveform(item, sample_rate=sample_rate, index=j, copy=copy)
 
     def probe(self) -> AudioInput:
         """Check that every file exists and has a readable audio header.
@@ -316,7 +317,7 @@ class AudioInput(collections.abc.Sequence):
 
     def _probe_one(self, i: int) -> None:
         j = self._source(i)
-        item, name = self._items[j], None
+        item, name = item_at(self._items, j), None
         if self.kind == "records":
             kind, item, name = record_source(item, j, decode=False)
             if kind != "file":

@@ -21,7 +21,7 @@ import torch
 from skast._records import is_record, record_source
 from skast._samples import check_dtype, validated
 
-__all__ = ["classify"]
+__all__ = ["classify", "item_at"]
 
 _X_TYPES = (
     "X must be a 2-D array (n_clips, n_samples) of waveforms, or a sequence "
@@ -124,7 +124,7 @@ def _validate_clips(clips, records: bool = False) -> None:
     """
 
     def check(i: int) -> None:
-        item = clips[i]
+        item = item_at(clips, i)
         if records:
             kind, item, _ = record_source(item, i, decode=False)
             if kind != "samples":
@@ -243,6 +243,29 @@ def _check_array(X: np.ndarray) -> np.ndarray:
     raise _one_dim_error(X)
 
 
+def item_at(items, i: int):
+    """``items[i]``; an error of the container itself (a ``datasets`` column
+    that cannot open a clip's file) as a ValueError naming the clip.
+
+    Examples
+    --------
+    >>> from skast._containers import item_at
+    >>> class Column(list):
+    ...     def __getitem__(self, i):
+    ...         raise RuntimeError("Could not open input file: a.wav")
+    >>> item_at(Column([0]), 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: clip 0: cannot read the clip: Could not open input file: a.wav
+    """
+    try:
+        return items[i]
+    except IndexError:
+        raise
+    except Exception as err:
+        raise ValueError(f"clip {i}: cannot read the clip: {err}") from err
+
+
 def _item_kind(item) -> str:
     if _is_path(item):
         return "path"
@@ -258,12 +281,13 @@ def _from_sequence(X, check_clips: bool) -> tuple:
     n = len(X)
     if n == 0:
         raise ValueError("X holds 0 clips; at least one is needed")
-    kinds, key_error = [], None
-    for i, item in enumerate(X):
+    kinds, key_error, in_memory = [], None, False
+    for i in range(n):
+        item = item_at(X, i)
         kinds.append(_item_kind(item))
         if kinds[-1] == "record" and key_error is None:
             try:  # the keys and the rate
-                record_source(item, i, decode=False)
+                in_memory |= record_source(item, i, decode=False)[0] == "samples"
             except (TypeError, ValueError) as err:
                 key_error = err
     first = kinds[0]
@@ -288,7 +312,7 @@ def _from_sequence(X, check_clips: bool) -> tuple:
             )
         if key_error is not None:
             raise key_error
-        if check_clips:
+        if check_clips and in_memory:
             _validate_clips(X, records=True)
         return (X, "records")
     if all(k == "scalar" for k in kinds):

@@ -157,3 +157,18 @@ def test_a_decoded_datasets_column(clips, files):
         torch.testing.assert_close(audio.load(i), resample(wave, rate), rtol=0, atol=0)
     resampled = check_audio_input(audio_column(files, sampling_rate=16000))
     assert [len(resampled.load(i)) for i in range(3)] == [1600] * 3  # each 0.1 s long
+
+
+def test_a_column_that_cannot_open_a_file_names_the_clip(files, tmp_path):
+    column = audio_column([*files, str(tmp_path / "missing.wav")])
+    try:
+        column[0]
+    except ImportError as err:
+        pytest.skip(f"this datasets needs torchcodec to decode: {err}")
+    # datasets opens the file as the item is read: before any model work
+    with pytest.raises(ValueError, match=r"^clip 3: cannot read the clip: .*missing"):
+        check_audio_input(column)
+    undecoded = audio_column([*files, str(tmp_path / "missing.wav")], decode=False)
+    audio = check_audio_input(undecoded)
+    with pytest.raises(ValueError, match=r"^clip 3: cannot read audio file .*No such"):
+        audio.probe()
