@@ -192,8 +192,25 @@ def file_fingerprint(path, *, index=None) -> str:
         raise ValueError(f"{where}cannot read audio file {name!r}: {err}") from err
 
 
-def array_fingerprint(a: np.ndarray) -> str:
-    """A hash of a numeric array's dtype, shape and bytes (C order).
+def bytes_fingerprint(data: bytes) -> str:
+    """A hash of an audio file's bytes held in memory: the fingerprint of a
+    file with these bytes (:func:`file_fingerprint`).
+
+    Examples
+    --------
+    >>> from skast._cache import bytes_fingerprint
+    >>> len(bytes_fingerprint(b"RIFF...."))
+    64
+    """
+    return hashlib.sha256(b"file\0" + bytes(data)).hexdigest()
+
+
+def array_fingerprint(a, *, rate: int | None = None) -> str:
+    """A hash of a numeric array's (or tensor's) dtype, shape and bytes (C
+    order), and of its sample ``rate`` when the clip carries its own.
+
+    A tensor is hashed from its bytes on the host (a CUDA tensor is copied
+    once for that), under torch's dtype name.
 
     Examples
     --------
@@ -204,10 +221,21 @@ def array_fingerprint(a: np.ndarray) -> str:
     True
     >>> array_fingerprint(x) == array_fingerprint(x.astype(np.float32))
     False
+    >>> array_fingerprint(x, rate=8000) == array_fingerprint(x, rate=16000)
+    False
     """
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"array\0{a.dtype.str}\0{a.shape}\0".encode())
-    h.update(memoryview(a).cast("B"))
+    if isinstance(a, torch.Tensor):
+        t = a.detach().contiguous().cpu()
+        dtype, shape = str(t.dtype), tuple(t.shape)
+        data = t.reshape(-1).view(torch.uint8).numpy()
+    else:
+        data = np.ascontiguousarray(a)
+        dtype, shape = data.dtype.str, data.shape
+    head = f"array\0{dtype}\0{shape}\0"
+    if rate is not None:
+        head += f"rate\0{rate}\0"
+    h = hashlib.sha256(head.encode())
+    h.update(memoryview(data).cast("B"))
     return h.hexdigest()
 
 

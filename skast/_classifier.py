@@ -488,7 +488,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
 
     def _fit(self, X, y, *, incremental, classes=None):
         self._check_training_params(incremental)
-        audio = _audio.check_audio_input(X)
+        audio = _audio.check_audio_input(X, probe_files=True)
         fitted = self.__sklearn_is_fitted__()
         continuing = incremental and fitted  # a partial_fit after the first
         warm_starting = not incremental and self.warm_start and fitted

@@ -1,8 +1,11 @@
 """Audio files -> mono float32 waveforms, and resampling: the one decoder.
 
 Files are read with soundfile as float32 (integer PCM scaled to [-1, 1]: wav,
-flac, ogg/vorbis, and whatever the bundled libsndfile reads) and their channels
-averaged to mono. Waveforms are resampled with
+flac, ogg/vorbis, mp3, and whatever the bundled libsndfile reads) and their
+channels averaged to mono. Files soundfile cannot read are decoded by
+torchcodec where it is installed (``pip install 'skast[codecs]'``, with FFmpeg's
+shared libraries): m4a/AAC, Opus, WebM, the audio of MP4 and MKV files.
+:func:`probe` checks a file's header without decoding it. Waveforms are resampled with
 :func:`torchaudio.functional.resample` (default arguments). The estimators'
 input contract (:mod:`skast._audio`) and :func:`skast.datasets.load_esc50`
 both decode through this module, which imports torch only to resample.
@@ -10,6 +13,7 @@ both decode through this module, which imports torch only to resample.
 
 from __future__ import annotations
 
+import io
 import numbers
 import os
 from typing import TYPE_CHECKING
@@ -23,6 +27,8 @@ __all__ = [
     "check_rate",
     "clip_prefix",
     "load_audio",
+    "mono",
+    "probe",
     "read",
     "resample",
     "resample_clips",
@@ -164,18 +170,84 @@ def resample_clips(clips, new_rate: int) -> list[np.ndarray]:
     return out
 
 
-def read(path, *, index=None) -> tuple[np.ndarray, int]:
+def _torchcodec():
+    """torchcodec's ``AudioDecoder``, or ``(None, why)`` where it cannot be used.
+
+    Imported on first use: torchcodec is optional (``pip install
+    'skast[codecs]'``) and needs FFmpeg's shared libraries.
+    """
+    global _TORCHCODEC
+    if _TORCHCODEC is None:
+        try:
+            from torchcodec.decoders import AudioDecoder
+        except ModuleNotFoundError:
+            _TORCHCODEC = None, "torchcodec is not installed"
+        except Exception as err:  # no FFmpeg, or a torch it was not built for
+            _TORCHCODEC = None, f"torchcodec is installed but does not load ({err})"
+        else:
+            _TORCHCODEC = AudioDecoder, None
+    return _TORCHCODEC
+
+
+_TORCHCODEC = None
+_CODECS = (
+    "soundfile reads WAV, FLAC, Ogg/Vorbis, MP3 and AIFF; for m4a/AAC, Opus, WebM "
+    "and the audio of MP4 or MKV files, install torchcodec and FFmpeg's libraries: "
+    "pip install 'skast[codecs]'"
+)
+
+
+def _cannot_read(name, index, cause, codec_error=None) -> ValueError:
+    """The error for a file that no decoder reads, ``cause`` chained by the caller."""
+    message = f"{clip_prefix(index)}cannot read audio file {name!r}: {cause}"
+    if not isinstance(cause, OSError):  # a file there, in no format soundfile reads
+        decoder, why = _torchcodec()
+        if decoder is None:
+            message += f" ({why}; {_CODECS})"
+        elif codec_error is not None:
+            message += f"; torchcodec: {codec_error}"
+    return ValueError(message)
+
+
+def _source(path, name):
+    """What soundfile opens, and how errors name it: a path, or bytes."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        data = bytes(path)
+        return io.BytesIO(data), data, name or f"<{len(data)} bytes>"
+    path = os.fspath(path)
+    return path, path, name or path
+
+
+def _missing(source):
+    """An OSError for a path that cannot be opened (soundfile says "System
+    error." for a missing file); ``None`` for bytes and for files that open."""
+    if isinstance(source, str):
+        try:
+            with open(source, "rb"):
+                pass
+        except OSError as err:
+            return err
+    return None
+
+
+def read(path, *, index=None, name=None) -> tuple[np.ndarray, int]:
     """Decode an audio file to a mono float32 waveform at the file's rate.
 
     What :func:`load_audio` does before its checks: a file with no frames
-    gives an empty waveform, NaN samples are kept.
+    gives an empty waveform, NaN samples are kept. soundfile decodes first;
+    a file it cannot read is decoded by torchcodec, when that is installed
+    (``pip install 'skast[codecs]'``: m4a/AAC, Opus, WebM, the audio track of
+    MP4 and MKV files, whatever FFmpeg reads).
 
     Parameters
     ----------
-    path : str or os.PathLike
-        A file that soundfile reads.
+    path : str, os.PathLike or bytes
+        A file, or the bytes of one (as a Hugging Face ``Audio`` column
+        holds them undecoded).
     index : int, default=None
         The clip's index in ``X``, to name it in error messages.
+    name : str, default=None
+        How error messages name the file; default: the path.
 
     Returns
     -------
@@ -189,7 +261,8 @@ def read(path, *, index=None) -> tuple[np.ndarray, int]:
     ------
     ValueError
         A missing, unreadable, corrupt or non-audio file; the error of
-        soundfile (or of ``open`` for a missing file) is chained.
+        soundfile (or of ``open`` for a missing file) is chained. Where no
+        decoder reads the file, the message says what to install.
 
     Examples
     --------
@@ -205,30 +278,123 @@ def read(path, *, index=None) -> tuple[np.ndarray, int]:
     Traceback (most recent call last):
     ...
     ValueError: the audio file '...empty.wav' is empty (0 frames)
+    >>> with open(empty, "rb") as f:
+    ...     read(f.read(), name="empty.wav")
+    (array([], dtype=float32), 8000)
     """
     import soundfile
 
-    name = os.fspath(path)
+    source, raw, name = _source(path, name)
     try:
-        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
+        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except MemoryError:
         raise
     except Exception as err:  # LibsndfileError, RuntimeError, TypeError...
-        cause = err
-        try:  # soundfile says "System error." for a missing file: say which
-            with open(name, "rb"):
-                pass
-        except OSError as os_err:
-            cause = os_err
-        raise ValueError(
-            f"{clip_prefix(index)}cannot read audio file {name!r}: {cause}"
-        ) from cause
-    if data.shape[1] == 1:
-        return np.ascontiguousarray(data[:, 0]), int(rate)
-    return data.mean(axis=1, dtype=np.float32), int(rate)
+        cause = _missing(raw) or err
+        codec_error = None
+        decoder, _ = _torchcodec()
+        if decoder is not None and cause is err:
+            try:
+                samples = decoder(raw).get_all_samples()
+            except Exception as tc_err:
+                codec_error = tc_err
+            else:
+                return mono(samples.data.numpy()), int(samples.sample_rate)
+        raise _cannot_read(name, index, cause, codec_error) from cause
+    return mono(data.T), int(rate)
 
 
-def load_audio(path, *, sample_rate=None, index=None) -> tuple[np.ndarray, int]:
+def mono(data) -> np.ndarray:
+    """The mean of ``(n_channels, n_samples)`` samples, as new float32 samples.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_channels, n_samples)
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), dtype float32
+        C-contiguous: the only channel (a view of it where it is contiguous
+        float32), or the channels' mean.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skast._decode import mono
+    >>> mono(np.array([[0.5, 1.0], [-0.25, 0.0]]))
+    array([0.125, 0.5  ], dtype=float32)
+    """
+    if data.shape[0] == 1:
+        return np.ascontiguousarray(data[0], dtype=np.float32)
+    return data.mean(axis=0, dtype=np.float32)
+
+
+def probe(path, *, index=None, name=None) -> None:
+    """Check that a file exists and has a readable audio header, decoding nothing.
+
+    What :func:`load_audio` would raise for a missing, unreadable or non-audio
+    file, or for one whose header says it has 0 frames, is raised here, with
+    the same message; the samples are not read (a file corrupt past its header
+    is reported when it is decoded). soundfile reads the header; torchcodec,
+    when installed, the headers soundfile does not read.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or bytes
+        A file, or the bytes of one.
+    index : int, default=None
+        The clip's index in ``X``, to name it in error messages.
+    name : str, default=None
+        How error messages name the file; default: the path.
+
+    Raises
+    ------
+    ValueError
+        As :func:`load_audio`, for what a header shows.
+
+    Examples
+    --------
+    >>> import io
+    >>> import numpy as np, soundfile as sf
+    >>> from skast._decode import probe
+    >>> buffer = io.BytesIO()
+    >>> sf.write(buffer, np.zeros(400), 16000, format="WAV")
+    >>> probe(buffer.getvalue(), name="tone.wav")
+    >>> probe(b"not audio", index=3, name="notes.wav")
+    Traceback (most recent call last):
+    ...
+    ValueError: clip 3: cannot read audio file 'notes.wav': Error opening ...
+    """
+    import soundfile
+
+    source, raw, name = _source(path, name)
+    try:
+        frames = soundfile.info(source).frames
+    except MemoryError:
+        raise
+    except Exception as err:
+        cause = _missing(raw) or err
+        codec_error = None
+        decoder, _ = _torchcodec()
+        if decoder is not None and cause is err:
+            try:
+                decoder(raw).metadata  # noqa: B018 - opening reads the header
+            except Exception as tc_err:
+                codec_error = tc_err
+            else:
+                return
+        raise _cannot_read(name, index, cause, codec_error) from cause
+    if frames == 0:
+        raise ValueError(f"{clip_prefix(index)}{_empty(name)}")
+
+
+def _empty(name) -> str:
+    return f"the audio file {name!r} is empty (0 frames)"
+
+
+def load_audio(
+    path, *, sample_rate=None, index=None, name=None
+) -> tuple[np.ndarray, int]:
     """Decode an audio file to a mono float32 waveform.
 
     The file is read with soundfile as float32 (integer PCM scaled to [-1, 1]),
@@ -238,13 +404,15 @@ def load_audio(path, *, sample_rate=None, index=None) -> tuple[np.ndarray, int]:
 
     Parameters
     ----------
-    path : str or os.PathLike
-        A file that soundfile reads: wav, flac, ogg/vorbis, aiff...
+    path : str, os.PathLike or bytes
+        A file (or its bytes) that :func:`read` decodes: wav, flac,
+        ogg/vorbis, mp3, aiff...; with torchcodec, whatever FFmpeg reads.
     sample_rate : int, default=None
         Resample to this rate (:func:`torchaudio.functional.resample`); ``None``
         keeps the file's own rate.
-    index : int, default=None
-        The clip's index in ``X``, to name it in error messages.
+    index, name : int and str, default=None
+        As for :func:`read`: the clip's index in ``X`` and the file's name,
+        for error messages.
 
     Returns
     -------
@@ -278,12 +446,14 @@ def load_audio(path, *, sample_rate=None, index=None) -> tuple[np.ndarray, int]:
     >>> wave16k.shape, rate16k
     ((1600,), 16000)
     """
-    wave, rate = read(path, index=index)
-    what = f"the audio file {os.fspath(path)!r}"
+    wave, rate = read(path, index=index, name=name)
+    name = _source(path, name)[2]
     if wave.size == 0:
-        raise ValueError(f"{clip_prefix(index)}{what} is empty (0 frames)")
+        raise ValueError(f"{clip_prefix(index)}{_empty(name)}")
     if not np.isfinite(wave).all():
-        raise ValueError(f"{clip_prefix(index)}{what} contains NaN or infinite values")
+        raise ValueError(
+            f"{clip_prefix(index)}the audio file {name!r} contains NaN or infinite values"
+        )
     if sample_rate is not None:
         sample_rate = check_rate(sample_rate)
         if sample_rate != rate:

@@ -261,12 +261,15 @@ def _width(lens: torch.Tensor, max_length: int | None) -> int:
 
 def _pad_list(clips, width: int, pin_memory: bool) -> torch.Tensor:
     """The clips zero-padded (or cut) to ``width`` samples, copying only the
-    samples that are read; ``pin_memory``: into page-locked memory."""
+    samples that are read, on the first clip's device (clips given as CUDA
+    tensors are padded there, never copied to the host); ``pin_memory``:
+    CPU clips into page-locked memory."""
+    device = clips[0].device
     waves = torch.zeros(
         (len(clips), width),
         dtype=torch.float32,
-        device=clips[0].device,
-        pin_memory=pin_memory,
+        device=device,
+        pin_memory=pin_memory and device.type == "cpu",
     )
     for i, w in enumerate(clips):
         n = min(len(w), width)

@@ -208,8 +208,10 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         ----------
         X : array-like of shape (n_clips, n_samples) or sequence of clips
             Waveforms at ``sample_rate``, 1-D arrays of any lengths, or paths
-            of audio files. Only read with ``normalize="fit"``; otherwise only
-            validated.
+            of audio files. Only read with ``normalize="fit"``; otherwise
+            validated, and each file's header read (a file that is missing or
+            not audio fails here, before any model work, with the error
+            ``transform`` would give).
 
         y : None
             Ignored.
@@ -220,7 +222,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
             The fitted featurizer.
         """
         with self._rollback_on_error():  # a failed fit changes nothing
-            self._setup(_audio.check_audio_input(X))
+            self._setup(_audio.check_audio_input(X, probe_files=True))
             self.model_.layer_index(self.layer)  # "layer must be in [...]"
             self._n_features_out = self.model_.config.hidden_size
             self._update_fingerprint()

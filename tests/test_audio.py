@@ -441,10 +441,10 @@ def test_dataset_is_picklable(tmp_path, wave):
 
 @pytest.mark.parametrize("as_2d", [False, True])
 def test_parallel_checks_name_the_first_bad_clip(monkeypatch, rng, as_2d):
-    from skast import _audio
+    from skast import _containers
 
-    monkeypatch.setattr(_audio, "_PARALLEL_SAMPLES", 0)
-    monkeypatch.setattr(_audio.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(_containers, "_PARALLEL_SAMPLES", 0)
+    monkeypatch.setattr(_containers.os, "cpu_count", lambda: 4)
     X = rng.standard_normal((23, 500)).astype(np.float32)
     check_audio_input(X if as_2d else list(X))  # all good: no error
     for bad in ([22], [3, 17], [0, 5, 11, 22], [12, 13]):
@@ -457,6 +457,21 @@ def test_parallel_checks_name_the_first_bad_clip(monkeypatch, rng, as_2d):
     Y[14] = np.zeros(0)
     with pytest.raises(ValueError, match=r"^clip 9: "):
         check_audio_input(Y)
+
+
+def test_probe_names_the_first_bad_file(tmp_path, wave):
+    good = write(tmp_path / "good.wav", wave, 16000)
+    text = tmp_path / "text.wav"
+    text.write_text("not audio")
+    empty = write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    # a long list is probed by threads, each over a run of clips
+    X = [good] * 70 + [text] + [good] * 9 + [empty]
+    with pytest.raises(ValueError, match=r"^clip 70: cannot read audio file"):
+        check_audio_input(X, probe_files=True)
+    with pytest.raises(ValueError, match=r"^clip 80: the audio file .* is empty"):
+        check_audio_input(X).subset([0, 80]).probe()
+    assert check_audio_input(X[:70], probe_files=True).kind == "paths"
+    assert check_audio_input([wave], probe_files=True).kind == "arrays"  # no files
 
 
 def test_loading_without_a_copy_shares_only_writeable_float32(wave):
@@ -531,3 +546,61 @@ def test_pandas(tmp_path, wave):
     bad = pd.Series([wave, wave[:0]], index=[7, 8])
     with pytest.raises(ValueError, match="clip 1: the clip is empty"):  # position
         check_audio_input(bad).load(1)
+
+
+# ------------------------------------------------------------------- tensors
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensors_stay_on_their_device(device, wave):
+    t = torch.from_numpy(wave).to(device)
+    X2d = torch.stack([t, -t])
+    for X in (X2d, [t, -t[:800]], [t.to(torch.float64), t.to(torch.bfloat16)]):
+        audio = check_audio_input(X)
+        assert isinstance(audio[0], torch.Tensor) and audio[0].device == t.device
+        for i in range(2):
+            out = audio.load(i, sample_rate=8000)
+            assert out.device == t.device and out.dtype == torch.float32
+            expected = resample(audio[i].float().cpu().numpy(), 8000)
+            torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=1e-6)
+    # a float32 tensor at 16 kHz is shared with copy=False, copied otherwise
+    assert check_audio_input(X2d).load(1, copy=False).data_ptr() == X2d[1].data_ptr()
+    assert check_audio_input(X2d).load(1).data_ptr() != X2d[1].data_ptr()
+    pcm = torch.tensor([16384, -32768], dtype=torch.int16, device=device)
+    torch.testing.assert_close(
+        check_audio_input([pcm]).load(0).cpu(), torch.tensor([0.5, -1.0])
+    )
+    leaf = t.clone().requires_grad_(True)  # checked and loaded without autograd
+    assert not check_audio_input([leaf]).load(0).requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensor_errors_match_the_arrays(device):
+    def on(*args, **kwargs):
+        return torch.tensor(*args, **kwargs, device=device)
+
+    cases = [
+        ([on([0.5]), on([0.0, float("nan")])], ValueError, r"^clip 1: .*NaN"),
+        ([on([0.5]), on([], dtype=torch.float32)], ValueError, r"^clip 1: .*empty"),
+        ([on([0.5]), on([1e300], dtype=torch.float64)], ValueError, "float32 range"),
+        ([on([2**40])], ValueError, r"^clip 0: int64 samples are read as 32-bit"),
+        ([on([True])], SampleTypeError, "got dtype bool"),
+        ([on([1j])], SampleTypeError, "Complex data not supported"),
+        (on([[0.0], [float("inf")]]), ValueError, r"^clip 1: .*NaN or infinite"),
+        (on([0.5, 0.1]), ValueError, "single waveform"),
+        (on([[[0.5]]]), ValueError, "must be 2-D"),
+        (on([[0.5]]).to_sparse(), TypeError, "sparse"),
+    ]
+    for X, error, match in cases:
+        with pytest.raises(error, match=match):
+            check_audio_input(X)
+    # the same ints as numpy's table, on the tensor's device
+    for dtype in ("uint8", "int8", "int32", "uint16", "uint32"):
+        ints = on([0, 3, 100], dtype=getattr(torch, dtype))
+        expected = check_audio_input([np.array([0, 3, 100], dtype=dtype)]).load(0)
+        torch.testing.assert_close(
+            check_audio_input([ints]).load(0).cpu(), expected, rtol=0, atol=0
+        )

@@ -22,6 +22,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
@@ -37,6 +38,7 @@ from skast.cli import main
 from tests._helpers import (
     assert_same_input,
     assert_unchanged,
+    classifier,
     featurizer,
     snapshot,
     write,
@@ -222,7 +224,13 @@ def test_bad_input_names_the_item_and_changes_nothing(
         ENTRY_POINTS[entry](f, c, X, y)
     # an error of the input contract (or of the decoder it reads files with),
     # not one from deep inside torch or numpy
-    assert info.traceback[-1].path.name in ("_audio.py", "_decode.py")
+    assert info.traceback[-1].path.name in (
+        "_audio.py",
+        "_containers.py",
+        "_samples.py",
+        "_records.py",
+        "_decode.py",
+    )
     assert_unchanged(f, f_snap)  # refits that fail leave the old model
     assert_unchanged(c, c_snap)
     assert_same_input(X, X_copy)
@@ -245,13 +253,30 @@ def test_failed_first_fit_leaves_an_unfitted_estimator(case, good_clips, audio_f
             est.predict(good_clips) if args else est.transform(good_clips)
 
 
-def test_preset_normalization_fit_does_not_open_files(audio_files):
-    """Documented: with a preset normalisation, fit opens no file, so an
-    unreadable one is reported by transform."""
-    X = [audio_files / "good.wav", audio_files / "missing.wav"]
-    est = featurizer().fit(X)
-    with pytest.raises(ValueError, match=r"clip 1: cannot read .*missing\.wav"):
-        est.transform(X)
+@pytest.mark.parametrize("bad", ["missing.wav", "notes.ogg", "truncated.wav"])
+@pytest.mark.parametrize("method", ["fit", "fit_transform", "classifier"])
+def test_fit_checks_every_file_before_model_work(method, bad, audio_files):
+    """fit reads each file's header first (a probe, not a decode), so a file
+    that is missing or not audio fails there, with transform's error."""
+    X = [audio_files / "good.wav", audio_files / bad]
+    fitted = featurizer().fit(X[:1])
+    with pytest.raises(ValueError) as at_transform:
+        fitted.transform(X)
+    passes = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: passes.append(type(module).__name__)
+    )
+    try:
+        with pytest.raises(ValueError) as at_fit:
+            if method == "classifier":
+                classifier().fit(X, ["a", "b"])
+            else:
+                getattr(featurizer(), method)(X)
+    finally:
+        hook.remove()
+    assert str(at_fit.value) == str(at_transform.value)
+    assert str(at_fit.value).startswith("clip 1: ")
+    assert passes == []  # no model work
 
 
 # ---------------------------------------------------------------- sample types

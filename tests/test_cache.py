@@ -13,8 +13,11 @@ import warnings
 import joblib
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
+from skast import ASTFeaturizer
 from skast._audio import check_audio_input
 from skast._cache import (
     array_fingerprint,
@@ -138,3 +141,40 @@ def test_two_processes_embed_same_and_different_clips_into_one_cache(tmp_path):
         warnings.simplefilter("error")
         reread = featurizer(batch_size=4, cache=cache).fit(every).transform(every)
     assert_allclose(reread, fresh, atol=1e-6)
+
+
+def test_records_and_tensors_have_content_fingerprints(tmp_path, rng):
+    wave = (0.1 * rng.standard_normal(4000)).astype(np.float32)
+    path = tmp_path / "a.wav"
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    audio = check_audio_input(
+        [
+            {"array": wave, "sampling_rate": 16000},
+            {"array": wave.copy(), "sampling_rate": 16000},
+            {"array": wave, "sampling_rate": 8000},
+            {"path": str(path)},
+            {"bytes": path.read_bytes()},
+        ]
+    )
+    prints = [audio.fingerprint(i) for i in range(len(audio))]
+    assert prints[0] == prints[1]  # the content, not the object
+    assert prints[2] != prints[0]  # a record's own rate is part of the clip
+    assert prints[3] == prints[4] == check_audio_input([path]).fingerprint(0)
+    tensors = check_audio_input([torch.from_numpy(wave), torch.from_numpy(wave)])
+    assert tensors.fingerprint(0) == tensors.fingerprint(1)
+    assert tensors.fingerprint(0) != check_audio_input([wave[:-1]]).fingerprint(0)
+
+
+def test_the_cache_serves_records(tmp_path, rng):
+    X = [
+        {"array": (0.1 * rng.standard_normal(n)).astype(np.float32), "sampling_rate": r}
+        for n, r in [(4000, 16000), (3000, 8000), (4000, 16000)]
+    ]
+    est = ASTFeaturizer(model_config=TINY, device="cpu", cache=tmp_path).fit(X)
+    plain = ASTFeaturizer(model_config=TINY, device="cpu").fit(X).transform(X)
+    np.testing.assert_array_equal(est.transform(X), plain)  # written
+    assert len(list(tmp_path.rglob("*.npy"))) == len(X)
+    passes = []
+    est.model_.patch_embed.register_forward_pre_hook(lambda m, a: passes.append(1))
+    np.testing.assert_array_equal(est.transform(X), plain)  # read back
+    assert passes == []  # no clip went through the encoder again

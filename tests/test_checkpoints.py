@@ -405,6 +405,10 @@ def local_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # huggingface_hub < 1.0 keeps a session per thread, made offline by an
+    # earlier test that set HF_HUB_OFFLINE: start from a new one
+    hub_utils = pytest.importorskip("huggingface_hub.utils")
+    getattr(hub_utils, "reset_sessions", lambda: None)()
     yield model, requests
     server.shutdown()
 

@@ -119,3 +119,97 @@ def test_a_torchaudio_that_cannot_load_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r"does not load with torch .*torch>=2\.13"):
         resample(torch.zeros(8000), 8000, 16000)
     assert resample(torch.zeros(3), 16000, 16000).shape == (3,)  # no resampling
+
+
+def test_probe_reads_headers_with_the_errors_of_load_audio(tmp_path):
+    from skast._decode import probe
+
+    good = write(tmp_path / "good.wav", np.zeros(400, np.float32), 16000)
+    text = tmp_path / "text.wav"
+    text.write_text("not audio")
+    empty = write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    folder = tmp_path / "folder.wav"
+    folder.mkdir()
+    probe(good)
+    probe(good.read_bytes())
+    for bad in (tmp_path / "missing.wav", text, empty, folder):
+        with pytest.raises(ValueError) as loaded:
+            load_audio(bad, index=4)
+        with pytest.raises(ValueError) as probed:
+            probe(bad, index=4)
+        assert str(probed.value) == str(loaded.value)
+
+
+def test_undecodable_files_say_what_to_install(tmp_path):
+    from skast._decode import _torchcodec
+
+    text = tmp_path / "song.m4a"
+    text.write_text("not audio either")
+    decoder, why = _torchcodec()
+    with pytest.raises(ValueError) as info:
+        read(text)
+    if decoder is None:
+        assert why in str(info.value)
+        assert "pip install 'skast[codecs]'" in str(info.value)
+    else:
+        assert "; torchcodec: " in str(info.value)
+
+
+def ffmpeg_files(tmp_path, rate=22050):
+    """Files FFmpeg writes in formats soundfile does not read: a 440 Hz tone."""
+    import shutil
+    import subprocess
+
+    from skast._decode import _torchcodec
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the ffmpeg program is not installed")
+    if _torchcodec()[0] is None:
+        pytest.skip(_torchcodec()[1])
+    made = {}
+    for name, args in {
+        "tone.m4a": ["-c:a", "aac"],
+        "tone.webm": ["-c:a", "libopus"],
+        "tone.mp4": ["-c:a", "aac"],
+        "tone.mkv": ["-c:a", "aac"],
+    }.items():
+        video = (
+            ["-f", "lavfi", "-i", "color=size=32x32:rate=5"]
+            if name.endswith((".mp4", ".mkv"))
+            else []
+        )
+        out = tmp_path / name
+        cmd = ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i"]
+        cmd += [f"sine=frequency=440:sample_rate={rate}:duration=0.5", *video]
+        cmd += [*args, "-ac", "2", "-shortest", str(out)]
+        if subprocess.run(cmd, capture_output=True).returncode == 0:
+            made[name] = out
+    return made
+
+
+def test_torchcodec_decodes_what_soundfile_does_not(tmp_path):
+    from skast._decode import probe
+
+    files = ffmpeg_files(tmp_path)
+    assert len(files) == 4, sorted(files)  # this FFmpeg writes all four
+    t = np.arange(22050 // 2) / 22050
+    tone = 0.125 * np.sin(2 * np.pi * 440 * t)  # lavfi's sine: amplitude 1/8
+    for name, path in files.items():
+        with pytest.raises(sf.LibsndfileError):
+            sf.info(path)  # soundfile alone cannot
+        wave, rate = read(path)
+        # opus decodes at 48 kHz; lossy codecs: close to the tone, not equal
+        assert rate in (22050, 48000), name
+        ref = (
+            tone
+            if rate == 22050
+            else np.sin(2 * np.pi * 440 * np.arange(24000) / 48000) / 8
+        )
+        n = min(len(ref), len(wave)) - 2000  # codec delay and priming at the ends
+        spectrum = np.abs(np.fft.rfft(wave[1000:n]))
+        peak = np.argmax(spectrum) * rate / (n - 1000)
+        assert abs(peak - 440) < 5, name
+        probe(path)
+        again, rate16k = load_audio(path, sample_rate=16000)
+        assert rate16k == 16000
+        assert len(again) == pytest.approx(len(wave) * 16000 / rate, abs=1)
