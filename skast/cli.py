@@ -169,20 +169,65 @@ def cmd_embed(args) -> int:
     files = _audio_files(args.inputs)
     out = Path(args.output)
     _check_output(out)  # before the embedding work, not after it
-    featurizer = ASTFeaturizer(
-        args.checkpoint,
-        max_length=args.max_length,
-        pooling=args.pooling,
-        layer=args.layer,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        verbose=not args.quiet,
-    )
-    embeddings = featurizer.fit(files).transform(files)
+    if args.model is not None:
+        featurizer = _saved_featurizer(args)
+    else:
+        featurizer = ASTFeaturizer(
+            args.checkpoint,
+            max_length=args.max_length,
+            pooling=args.pooling,
+            layer=args.layer,
+            batch_size=args.batch_size,
+            device=args.device,
+            num_workers=args.num_workers,
+            verbose=not args.quiet,
+        ).fit(files)
+    embeddings = featurizer.transform(files)
     _write_table(out, files, embeddings, list(featurizer.get_feature_names_out()))
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out}")
     return 0
+
+
+# embed's model settings and their defaults: a saved featurizer (--model)
+# brings its own, so none of them may be given with it
+_EMBED_MODEL = {
+    "checkpoint": CHECKPOINT,
+    "max_length": None,
+    "pooling": "mean",
+    "layer": None,
+    "device": None,
+}
+
+
+def _saved_featurizer(args):
+    """The fitted ASTFeaturizer of ``--model DIR`` (``skast.load``, no
+    unpickling), with this run's batch size, workers and progress bar."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name, default in _EMBED_MODEL.items()
+        if getattr(args, name) != default
+    ]
+    if given:
+        raise UsageError(
+            f"--model brings its own model and device; drop {', '.join(given)}"
+        )
+    if not Path(args.model).is_dir():
+        raise UsageError(
+            f"--model takes a directory written by ASTFeaturizer.save, got '{args.model}'"
+        )
+    import skast
+
+    featurizer = skast.load(args.model)
+    if not isinstance(featurizer, skast.ASTFeaturizer):
+        raise ValueError(
+            f"'{args.model}' holds a {type(featurizer).__name__}, not an "
+            "ASTFeaturizer; 'skast predict' runs a classifier"
+        )
+    return featurizer.set_params(
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        verbose=not args.quiet,
+    )
 
 
 def _is_pickle_name(path: Path) -> bool:
@@ -324,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint",
-        default=CHECKPOINT,
+        default=_EMBED_MODEL["checkpoint"],
         help="hub id, Hugging Face directory or original .pth",
     )
     p.add_argument(
@@ -333,9 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input frames (default: the checkpoint's)",
     )
-    p.add_argument("--pooling", default="mean", choices=POOLINGS)
+    p.add_argument("--pooling", default=_EMBED_MODEL["pooling"], choices=POOLINGS)
     p.add_argument(
         "--layer", type=int, default=None, help="hidden state to pool (default: last)"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="a fitted featurizer saved with ASTFeaturizer.save (read without "
+        "running code), instead of --checkpoint and its settings",
     )
     p.add_argument("--batch-size", type=int, default=16)
     device_args(p)

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from skast import ASTClassifier, ASTFeaturizer
 from skast._checkpoints import save_pretrained
 from skast._model import AST, ASTConfig
 from skast.cli import main
@@ -59,6 +60,56 @@ def test_usage_errors(tmp_path, capsys):
     (tmp_path / "a.wav").write_bytes(b"")
     assert main(["embed", str(tmp_path / "a.wav"), "-o", str(tmp_path / "x.txt")]) == 2
     assert "must end in .npy, .csv or .parquet" in capsys.readouterr().err
+
+
+def test_embed_with_a_saved_featurizer(folder, tiny_checkpoint, tmp_path, capsys):
+    """--model DIR: a featurizer saved with ``save`` embeds as it did."""
+    files = sorted(str(p) for p in folder.rglob("*.wav"))
+    est = ASTFeaturizer(tiny_checkpoint, pooling="patch", device="cpu").fit(files)
+    est.save(tmp_path / "feat")
+    out = tmp_path / "emb.npy"
+    assert (
+        main(
+            [
+                "embed",
+                str(folder),
+                "-o",
+                str(out),
+                "--model",
+                str(tmp_path / "feat"),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(out), est.transform(files))
+    # the saved model brings its own settings: none of them may be given too
+    capsys.readouterr()
+    args = ["embed", str(folder), "-o", str(out), "--model", str(tmp_path / "feat")]
+    assert main([*args, "--pooling", "cls"]) == 2
+    assert "drop --pooling" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "embed",
+                str(folder),
+                "-o",
+                str(out),
+                "--model",
+                str(folder / "low" / "0.wav"),
+            ]
+        )
+        == 2
+    )
+    assert "directory written by ASTFeaturizer.save" in capsys.readouterr().err
+    ASTClassifier(model_config=FAST, device="cpu", max_epochs=1).fit(
+        files, ["a", "b"] * 4
+    ).save(tmp_path / "clf")
+    assert (
+        main(["embed", str(folder), "-o", str(out), "--model", str(tmp_path / "clf")])
+        == 1
+    )
+    assert "not an ASTFeaturizer" in capsys.readouterr().err
 
 
 def test_embed_writes_npy_and_csv(folder, tiny_checkpoint, tmp_path, capsys):
