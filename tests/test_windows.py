@@ -13,10 +13,14 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import softmax
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+from skast import ASTFeaturizer
+from skast._checkpoints import save_pretrained
 from skast._features import fbank
-from skast._model import PatchEmbed
+from skast._model import AST, ASTConfig, PatchEmbed
 from skast._recipes import SAMPLE_RATE
-from tests._helpers import classifier, clips, featurizer
+from skast.cli import main
+from tests._helpers import classifier, clips, featurizer, write
+from tests.conftest import FAST
 
 HOP = 0.25  # seconds; the FAST model's window is 64 frames (0.64 s + 15 ms)
 
@@ -206,3 +210,31 @@ def test_an_hour_is_embedded_in_memory_bounded_by_a_batch_of_windows():
     # is computed); a batch of 16 windows' is 0.5 MB. Loading the clip checks
     # that its samples are finite, a byte per sample (58 MB) for a moment.
     assert growth < 0.3 * wave_bytes < 184e6 / 2, (growth, wave_bytes)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_skast_embed_window_hop(recordings, tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    save_pretrained(AST(ASTConfig(**FAST)), ckpt)
+    files = [str(write(tmp_path / f"{i}.wav", w)) for i, w in enumerate(recordings)]
+    est = ASTFeaturizer(ckpt, window_hop=HOP, device="cpu").fit(files)
+    args = ["--checkpoint", str(ckpt), "--device", "cpu", "-q", "--window-hop"]
+    npy, csv = tmp_path / "emb.npy", tmp_path / "emb.csv"
+    assert main(["embed", *files, "-o", str(npy), *args, str(HOP)]) == 0
+    assert_allclose(np.load(npy), est.transform(files), atol=1e-6)
+    per_window = ["--per-window", *args, str(HOP)]
+    assert main(["embed", *files, "-o", str(csv), *per_window]) == 0
+    header, *rows = csv.read_text().strip().splitlines()
+    assert header.startswith("file,start,astfeaturizer0")
+    cells = [row.split(",") for row in rows]
+    assert [c[0] for c in cells] == [files[0]] * 5 + [files[1]] * 3 + [files[2]]
+    embeddings, starts = est.transform_windows(files)
+    assert_allclose([float(c[1]) for c in cells], np.concatenate(starts))
+    values = np.array([c[2:] for c in cells], dtype=float)
+    assert_allclose(values, np.concatenate(embeddings), atol=1e-6)
+    capsys.readouterr()
+    assert main(["embed", *files, "-o", str(npy), "--per-window", *args[:-1]]) == 2
+    assert "--per-window needs --window-hop" in capsys.readouterr().err
