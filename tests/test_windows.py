@@ -98,6 +98,17 @@ def test_windows_are_batched_across_clips(recordings, batch_sizes):
     assert [n for n, _ in batch_sizes] == [4, 4, 1]
 
 
+def test_windows_of_files_decoded_in_workers(windowed, recordings, tmp_path):
+    files = [str(write(tmp_path / f"{i}.wav", w, subtype="FLOAT"))
+             for i, w in enumerate(recordings)]  # fmt: skip
+    ref, ref_starts = windowed.transform_windows(recordings)
+    est = featurizer(window_hop=HOP, num_workers=2, batch_size=2).fit(files)
+    got, starts = est.transform_windows(files)
+    for a, b, s, t in zip(got, ref, starts, ref_starts):
+        assert_allclose(a, b, atol=1e-6)
+        assert_array_equal(s, t)
+
+
 def test_transform_windows_without_a_hop_is_one_window_per_clip(recordings):
     est = featurizer().fit(recordings)
     embeddings, starts = est.transform_windows(recordings)
