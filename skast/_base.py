@@ -232,9 +232,13 @@ class ASTBase(BaseEstimator):
                 yield batch.indices, feats
 
     def _forward_batches(
-        self, audio, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str,
+        self,
+        audio,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        desc: str,
         windows=None,
-    ) -> np.ndarray:  # fmt: skip
+    ) -> np.ndarray:
         """:func:`skast._runtime.evaluate` of ``fn`` (normalised features ->
         (B, k)) over every clip (every window with ``windows``): float32
         numpy (n, k)."""

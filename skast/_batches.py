@@ -192,8 +192,9 @@ class WindowDataset(torch.utils.data.Dataset):
     (1, torch.Size([16240]), 15680.0)
     """
 
-    def __init__(self, audio_input, windows, max_length, sample_rate=SAMPLE_RATE,
-                 copy=True):  # fmt: skip
+    def __init__(
+        self, audio_input, windows, max_length, sample_rate=SAMPLE_RATE, copy=True
+    ):
         self.clips = AudioDataset(audio_input, sample_rate, copy=copy)
         self.windows = windows
         self.width = _n_samples_for(max_length)
