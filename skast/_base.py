@@ -8,7 +8,10 @@ and :meth:`ASTBase._forward_batches`: ``X`` (validated by
 (one asynchronous copy) -> :func:`skast._features.fbank` of the padded batch
 (``max_length`` frames) -> :func:`skast._features.normalize` -> :func:`skast._runtime.evaluate`
 of the model -> float32 numpy. One path for both estimators up to the pooled
-vector.
+vector. With ``window_hop``, the batch items are the windows of the clips
+(:func:`skast._batches.window_starts`), ``batch_size`` windows at a time
+across clips; :meth:`ASTBase._windows` places them and
+:func:`split_windows` hands each clip its windows' rows.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Iterator
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -39,7 +42,7 @@ from skast._runtime import (
     resolve_device,
 )
 
-__all__ = ["ASTBase", "resolve_normalization"]
+__all__ = ["ASTBase", "resolve_normalization", "split_windows"]
 
 
 class ASTBase(BaseEstimator):
@@ -61,6 +64,8 @@ class ASTBase(BaseEstimator):
         "device": [None, str, torch.device],
         "precision": [StrOptions(set(PRECISIONS))],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
+        # seconds; windows start on 10 ms frames, so a hop is at least one
+        "window_hop": [None, Interval(Real, 0.01, None, closed="left")],
         "verbose": ["verbose"],
     }
 
@@ -144,13 +149,15 @@ class ASTBase(BaseEstimator):
         """Mean and std of the training clips' log-mel features.
 
         Computed over every value of the padded/truncated features, as the
-        original ``get_norm_stats`` does (without its augmentation).
+        original ``get_norm_stats`` does (without its augmentation); with
+        ``window_hop``, over every window of the clips.
         """
         total = total_sq = 0.0
         count = 0
-        for _, feats in self._iter_features(
-            audio, desc="normalization", normalized=False
-        ):
+        batches = self._iter_features(
+            audio, desc="normalization", normalized=False, windows=self._windows(audio)
+        )
+        for _, feats in batches:
             feats = feats.double()
             total += feats.sum().item()
             total_sq += feats.square().sum().item()
@@ -161,8 +168,29 @@ class ASTBase(BaseEstimator):
 
     # ------------------------------------------------------------------ data path
 
+    def _windows(self, audio, *, always: bool = False) -> list[tuple[int, int]] | None:
+        """Each window's ``(clip, start frame)``, in the clips' order, or
+        ``None`` when ``window_hop`` is ``None`` or no clip is longer than
+        one window (then the clips are the batch items, as without windows).
+        ``always``: the windows even then (one per clip at frame 0 without
+        ``window_hop``). Each clip is loaded (once) to count its samples."""
+        hop = getattr(self, "window_hop", None)
+        if hop is None and not always:
+            return None
+        max_length = self.model_.config.max_length
+        windows, long_clip = [], False
+        for i in range(len(audio)):
+            if hop is None:
+                starts = [0]
+            else:
+                n_samples = audio.load(i, self.sample_rate, copy=False).shape[0]
+                starts = _batches.window_starts(n_samples, max_length, hop)
+            long_clip |= len(starts) > 1
+            windows.extend((i, int(start)) for start in starts)
+        return windows if long_clip or always else None
+
     def _iter_features(
-        self, audio, *, desc: str, normalized: bool = True
+        self, audio, *, desc: str, normalized: bool = True, windows=None
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Yield ``(indices, log-mel (B, max_length, n_mels))`` on the device,
         in order, ``batch_size`` clips at a time; normalised unless told not.
@@ -171,7 +199,8 @@ class ASTBase(BaseEstimator):
         memory for CUDA) and moves to the device in one asynchronous copy, so
         that preparing the next batch overlaps the device's work on this one.
         Float32 clips are read in place, not copied first: the padding is
-        their only copy.
+        their only copy. With ``windows`` (see :meth:`_windows`), the items
+        and indices are the windows.
         """
         device = torch.device(self.device_)
         config = self.model_.config
@@ -183,8 +212,13 @@ class ASTBase(BaseEstimator):
             num_workers=self.num_workers,
             pin_memory=device.type == "cuda",
             copy=False,
+            windows=windows,
         )
-        bar = progress_bar(total=len(audio), enabled=bool(self.verbose), desc=desc)
+        total = len(audio) if windows is None else len(windows)
+        unit = "clip" if windows is None else "window"
+        bar = progress_bar(
+            total=total, enabled=bool(self.verbose), desc=desc, unit=unit
+        )
         with bar:
             for batch in batches:
                 feats = _features.fbank(
@@ -198,15 +232,21 @@ class ASTBase(BaseEstimator):
                 yield batch.indices, feats
 
     def _forward_batches(
-        self, audio, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str
+        self,
+        audio,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        desc: str,
+        windows=None,
     ) -> np.ndarray:
         """:func:`skast._runtime.evaluate` of ``fn`` (normalised features ->
-        (B, k)) over every clip: float32 numpy (n, k)."""
+        (B, k)) over every clip (every window with ``windows``): float32
+        numpy (n, k)."""
         return evaluate(
             self.model_,
             fn,
-            self._iter_features(audio, desc=desc),
-            len(audio),
+            self._iter_features(audio, desc=desc, windows=windows),
+            len(audio) if windows is None else len(windows),
             device=self.device_,
             dtype=self._autocast,
         )
@@ -275,6 +315,38 @@ class ASTBase(BaseEstimator):
         from skast import _persist
 
         _persist.save(self, directory)
+
+
+def split_windows(rows: np.ndarray, windows) -> tuple[list, list]:
+    """Each clip's rows and window start times, from the rows of its windows.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n_windows, k)
+        One row per window, in the order of ``windows``.
+    windows : sequence of (int, int)
+        Each window's clip and start frame, clips in order, each with at
+        least one window (as :meth:`ASTBase._windows` gives them).
+
+    Returns
+    -------
+    rows : list of ndarray of shape (n_windows_i, k)
+        Per clip, its windows' rows.
+    starts : list of ndarray of shape (n_windows_i,), dtype float64
+        Per clip, its windows' start times in seconds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skast._base import split_windows
+    >>> rows, starts = split_windows(np.eye(3), [(0, 0), (1, 0), (1, 50)])
+    >>> [r.shape for r in rows], starts[1].tolist()
+    ([(1, 3), (2, 3)], [0.0, 0.5])
+    """
+    clips, frames = np.asarray(windows, dtype=np.int64).reshape(-1, 2).T
+    cuts = np.flatnonzero(np.diff(clips)) + 1
+    starts = frames / _batches.FRAMES_PER_SECOND
+    return np.split(rows, cuts), np.split(starts, cuts)
 
 
 def resolve_normalization(normalize) -> tuple[float, float]:

@@ -7,6 +7,12 @@ only the samples that ``max_length`` frames read) into page-locked memory when
 it is bound for CUDA, and yields one :class:`Batch`. Files can be decoded in
 DataLoader worker processes (``num_workers > 0``); an error there is raised in
 the main process with its own type and message.
+
+Windows of long clips are batch items too (``window_hop``): :func:`window_starts`
+places them, and with ``windows`` :func:`load_batches` reads
+:class:`WindowDataset`, whose item ``j`` is window ``j`` cut from its clip's
+waveform. The clip is loaded once per batch that needs it (its last loaded
+clip is kept), so a long recording's features are never computed whole.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ import pickle
 import traceback
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.utils.data
 
-from skast._features import pad_waveforms
+from skast._features import FRAME_SHIFT, _n_samples_for, num_frames, pad_waveforms
 from skast._recipes import SAMPLE_RATE
 
-__all__ = ["AudioDataset", "Batch", "load_batches"]
+__all__ = ["AudioDataset", "Batch", "WindowDataset", "load_batches", "window_starts"]
+
+FRAMES_PER_SECOND = SAMPLE_RATE // FRAME_SHIFT  # 100: one frame every 10 ms
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,97 @@ class AudioDataset(torch.utils.data.Dataset):
         return i, self.audio_input.load(i, self.sample_rate, copy=False)
 
 
+def window_starts(n_samples: int, max_length: int, hop: float) -> np.ndarray:
+    """The first frames of the windows of a clip, ``hop`` seconds apart.
+
+    A clip of at most ``max_length`` frames is one window, at frame 0. A
+    longer one has windows of ``max_length`` frames starting every ``hop``
+    seconds (rounded to the nearest 10 ms frame), and a last one that ends at
+    the clip's last frame. A window starting at frame ``f`` is the clip's
+    waveform from sample ``160 * f``: its kaldi frames are exactly the clip's
+    from frame ``f`` on.
+
+    Parameters
+    ----------
+    n_samples : int
+        The clip's samples at 16 kHz.
+    max_length : int
+        Frames per window.
+    hop : float
+        Seconds between window starts, at least 0.01.
+
+    Returns
+    -------
+    ndarray of shape (n_windows,), dtype int64
+        Increasing start frames (times 0.01 s: start times in seconds).
+
+    Examples
+    --------
+    >>> from skast._batches import window_starts
+    >>> window_starts(16000, 100, 0.5)  # 98 frames: one window
+    array([0])
+    >>> window_starts(32000, 100, 0.5)  # 198 frames
+    array([ 0, 50, 98])
+    """
+    last = num_frames(n_samples) - max_length
+    if last <= 0:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.rint(np.arange(0, last, hop * FRAMES_PER_SECOND)).astype(np.int64)
+    return np.unique(np.append(starts, last))
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """A map-style dataset of windows: item ``j`` is ``(j, window j's samples)``.
+
+    Window ``j`` is ``windows[j] = (clip, start_frame)``: the ``max_length``
+    frames of the clip from ``start_frame`` (the samples they read). The last
+    clip loaded is kept, so that consecutive windows of one clip load it once.
+
+    Parameters
+    ----------
+    audio_input : AudioInput
+        The clips.
+    windows : sequence of (int, int)
+        Each window's clip and start frame (see :func:`window_starts`).
+    max_length : int
+        Frames per window.
+    sample_rate : int, default=16000
+        The rate of in-memory waveforms; files use their own.
+    copy : bool, default=True
+        As for :class:`AudioDataset`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skast._audio import check_audio_input
+    >>> from skast._batches import WindowDataset
+    >>> audio = check_audio_input(np.arange(32000, dtype=np.float32)[None])
+    >>> dataset = WindowDataset(audio, [(0, 0), (0, 98)], max_length=100)
+    >>> j, wave = dataset[1]
+    >>> j, wave.shape, wave[0].item()  # frame 98 starts at sample 98 * 160
+    (1, torch.Size([16240]), 15680.0)
+    """
+
+    def __init__(
+        self, audio_input, windows, max_length, sample_rate=SAMPLE_RATE, copy=True
+    ):
+        self.clips = AudioDataset(audio_input, sample_rate, copy=copy)
+        self.windows = windows
+        self.width = _n_samples_for(max_length)
+        self._loaded = (None, None)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, j):
+        clip, start = self.windows[j]
+        if self._loaded[0] != clip:
+            self._loaded = (None, None)  # free the last clip before loading
+            self._loaded = self.clips[clip]
+        start = int(start) * FRAME_SHIFT
+        return j, self._loaded[1][start : start + self.width]
+
+
 class _RemoteTraceback(Exception):
     """The traceback of an error raised in a DataLoader worker (its cause)."""
 
@@ -179,8 +279,9 @@ def load_batches(
     num_workers=0,
     pin_memory=False,
     copy=True,
+    windows=None,
 ):
-    """Yield the loaded clips in order, as padded :class:`Batch` objects.
+    """Yield the loaded clips (or windows) in order, as padded :class:`Batch` objects.
 
     A :class:`torch.utils.data.DataLoader` over :class:`AudioDataset` (no
     shuffling) whose collate pads each batch. With ``num_workers > 0``, files
@@ -210,12 +311,16 @@ def load_batches(
     copy : bool, default=True
         ``False``: float32 clips may share the input's memory and are only
         read, into the padded batch (see :class:`AudioDataset`).
+    windows : sequence of (int, int), default=None
+        Yield these windows of the clips instead of the clips (see
+        :class:`WindowDataset`; needs ``max_length``): each window is a batch
+        item, ``batch_size`` windows a batch, across clips.
 
     Yields
     ------
     Batch
-        Positions in ``audio_input``, waveforms at 16 kHz padded to one
-        tensor, and their lengths.
+        Positions in ``audio_input`` (in ``windows`` with windows), waveforms
+        at 16 kHz padded to one tensor, and their lengths.
 
     Examples
     --------
@@ -230,7 +335,10 @@ def load_batches(
     >>> batch.waves.shape  # 800 samples at 16 kHz: 3 frames, which read 720
     torch.Size([5, 720])
     """
-    dataset = AudioDataset(audio_input, sample_rate, copy=copy)
+    if windows is None:
+        dataset = AudioDataset(audio_input, sample_rate, copy=copy)
+    else:
+        dataset = WindowDataset(audio_input, windows, max_length, sample_rate, copy)
     in_workers = num_workers > 0
     loader = torch.utils.data.DataLoader(
         _WorkerDataset(dataset) if in_workers else dataset,

@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from skast import _audio, _checkpoints
-from skast._base import ASTBase
+from skast._base import ASTBase, split_windows
 from skast._recipes import RECIPES
 from skast._runtime import resolve_device
 from skast._targets import check_no_missing, class_weights, encode_targets, equal
@@ -63,11 +63,30 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         shorter ones padded. ``None`` is the checkpoint's own length; other
         values adapt its position embeddings as the original recipe does.
 
+    window_hop : float, default=None
+        Seconds between the starts of the windows a long clip is cut into.
+        ``None`` keeps each clip's first ``max_length`` frames (the
+        reference's truncation). A number cuts each clip longer than
+        ``max_length`` frames into windows of ``max_length`` frames starting
+        every ``window_hop`` seconds (rounded to 10 ms frames; at least
+        0.01), the last one ending at the clip's end. ``fit`` then trains on
+        the windows (each one a sample with its clip's label); prediction
+        aggregates the windows' probabilities (``window_aggregation``).
+        Shorter clips are handled as without it. See
+        :meth:`predict_proba_windows` and :ref:`long_audio`.
+
+    window_aggregation : {"auto", "mean", "max"}, default="auto"
+        How a windowed clip's probabilities come from its windows': their
+        mean or their maximum per class; ``"auto"`` is the mean for
+        single-label and the maximum for multi-label classifiers. For
+        single-label classifiers the maxima are renormalised to sum to one.
+
     normalize : {"audioset", "esc50", "speechcommands", "fit"} or (mean, std), \
             default="audioset"
         Normalisation ``(x - mean) / (2 * std)`` of the log-mel features: a
         preset of the original recipes, an explicit pair, or ``"fit"`` for the
-        statistics of the training clips' features.
+        statistics of the training clips' features (with ``window_hop``, of
+        all their windows).
 
     sample_rate : int, default=16000
         Sample rate of waveform arrays; they are resampled to 16 kHz. Files
@@ -358,6 +377,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         "random_state": ["random_state"],
         "warm_start": ["boolean"],
         "recipe": [None, StrOptions(set(RECIPES))],
+        "window_aggregation": [StrOptions({"auto", "mean", "max"})],
     }
 
     def __init__(
@@ -366,6 +386,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         *,
         model_config=None,
         max_length=None,
+        window_hop=None,
+        window_aggregation="auto",
         normalize="audioset",
         sample_rate=16000,
         learning_rate=1e-5,
@@ -399,6 +421,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         self.checkpoint = checkpoint
         self.model_config = model_config
         self.max_length = max_length
+        self.window_hop = window_hop
+        self.window_aggregation = window_aggregation
         self.normalize = normalize
         self.sample_rate = sample_rate
         self.learning_rate = learning_rate
@@ -516,7 +540,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             self._prepare(audio, keep_model=keeps_model)
             # before the head is reset: a clip that fails to load leaves a
             # warm-started model as it was (no randomness is drawn here)
-            features = self._compute_features(audio)
+            features, values = self._compute_features(audio, targets.values)
             if not keeps_head:
                 self._new_head(targets.classes, device)
             self.classes_ = targets.classes
@@ -526,7 +550,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             config = self._training_config(device)
             state = self.__dict__.get("_partial_state") if incremental else None
             result = train(
-                self.model_, features, targets.values, config, self.history_,
+                self.model_, features, values, config, self.history_,
                 class_weight=class_weight, optimizer_state=state, incremental=incremental,
             )  # fmt: skip
         self._keep_training_result(result, incremental)
@@ -638,23 +662,93 @@ class ASTClassifier(ClassifierMixin, ASTBase):
     def _init_seed(self) -> int:
         return self._seed
 
-    def _compute_features(self, audio) -> torch.Tensor:
-        """Normalised log-mel features of every clip, once, on the CPU."""
+    def _compute_features(self, audio, values) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised log-mel features of every clip, once, on the CPU, and
+        the clips' targets ``values``; with ``window_hop``, of every window,
+        each with its clip's target."""
+        windows = self._windows(audio)
+        n = len(audio) if windows is None else len(windows)
         out = None
         with torch.no_grad():
-            for indices, feats in self._iter_features(audio, desc="features"):
+            batches = self._iter_features(audio, desc="features", windows=windows)
+            for indices, feats in batches:
                 if out is None:
-                    out = torch.empty((len(audio), *feats.shape[1:]))
+                    out = torch.empty((n, *feats.shape[1:]))
                 out[torch.as_tensor(indices)] = feats.float().cpu()
-        return out
+        if windows is not None:
+            values = values[torch.tensor([clip for clip, _ in windows])]
+        return out, values
 
     # ------------------------------------------------------------------ prediction
 
     def _logits(self, X) -> np.ndarray:
+        """The clips' logits; a windowed clip's are those of its aggregated
+        probabilities (their logits or, single-label, their logarithms)."""
         check_is_fitted(self)
         audio = _audio.check_audio_input(X)
-        out = self._forward_batches(audio, self.model_, desc="predicting")
-        return out.astype(np.float64)
+        windows = self._windows(audio)
+        out = self._forward_batches(
+            audio, self.model_, desc="predicting", windows=windows
+        ).astype(np.float64)
+        if windows is None:
+            return out
+        rows, _ = split_windows(out, windows)
+        return np.stack([r[0] if len(r) == 1 else self._aggregate(r) for r in rows])
+
+    def _aggregate(self, logits: np.ndarray) -> np.ndarray:
+        """Logits of the aggregate of the probabilities of one clip's windows."""
+        how = self.window_aggregation
+        if how == "auto":
+            how = "max" if self._multilabel else "mean"
+        if self._multilabel:
+            if how == "max":  # the sigmoid is increasing
+                return logits.max(axis=0)
+            p = expit(logits).mean(axis=0)
+            return np.log(p) - np.log1p(-p)
+        log_p = log_softmax(logits, axis=1)
+        if how == "max":
+            return log_p.max(axis=0)  # a softmax of them renormalises
+        return np.log(np.exp(log_p).mean(axis=0))
+
+    def predict_proba_windows(self, X):
+        """Class probabilities of each window of each clip.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_clips, n_samples) or sequence of clips
+            Waveforms at ``sample_rate``, 1-D arrays of any lengths, or paths
+            of audio files.
+
+        Returns
+        -------
+        proba : list of ndarray of shape (n_windows, n_classes)
+            Per clip, one row of probabilities per window (see
+            ``window_hop``; without it, one window per clip: its first
+            ``max_length`` frames), as :meth:`predict_proba` gives for the
+            clip cut at the window's start.
+        starts : list of ndarray of shape (n_windows,)
+            Per clip, the windows' start times in seconds.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skast import ASTClassifier
+        >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...             intermediate_size=64, max_length=64)
+        >>> X = [np.zeros(16000), 0.1 * np.ones(4000)]
+        >>> clf = ASTClassifier(model_config=tiny, window_hop=0.5, max_epochs=1,
+        ...                     device="cpu", random_state=0).fit(X, ["a", "b"])
+        >>> proba, starts = clf.predict_proba_windows(X)
+        >>> proba[0].shape, starts[0].tolist(), starts[1].tolist()
+        ((2, 2), [0.0, 0.34], [0.0])
+        """
+        check_is_fitted(self)
+        audio = _audio.check_audio_input(X)
+        windows = self._windows(audio, always=True)
+        logits = self._forward_batches(
+            audio, self.model_, desc="predicting", windows=windows
+        ).astype(np.float64)
+        return split_windows(self._from_logits(logits, expit, softmax), windows)
 
     def decision_function(self, X):
         """The model's logits.
@@ -711,7 +805,9 @@ class ASTClassifier(ClassifierMixin, ASTBase):
     def _probabilities(self, X, sigmoid, softmax_):
         """(Log-)probabilities from the logits: a sigmoid per label, the
         two-class softmax written with one sigmoid, or a softmax."""
-        logits = self._logits(X)
+        return self._from_logits(self._logits(X), sigmoid, softmax_)
+
+    def _from_logits(self, logits, sigmoid, softmax_):
         if self._multilabel:
             return sigmoid(logits)
         if len(self.classes_) == 2:

@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from skast import _audio, _cache
-from skast._base import ASTBase
+from skast._base import ASTBase, split_windows
 from skast._model import POOLINGS
 
 __all__ = ["ASTFeaturizer"]
@@ -63,12 +63,23 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         of block ``i`` (before the final LayerNorm), negative values count
         from the end. Blocks after it are not run.
 
+    window_hop : float, default=None
+        Seconds between the starts of the windows a long clip is cut into.
+        ``None`` keeps each clip's first ``max_length`` frames (the
+        reference's truncation). A number cuts each clip longer than
+        ``max_length`` frames into windows of ``max_length`` frames starting
+        every ``window_hop`` seconds (rounded to 10 ms frames; at least
+        0.01), the last one ending at the clip's end; the clip's embedding is
+        the mean of its windows'. Shorter clips are embedded as without it.
+        See :meth:`transform_windows` and :ref:`long_audio`.
+
     normalize : {"audioset", "esc50", "speechcommands", "fit"} or (mean, std), \
             default="audioset"
         Normalisation ``(x - mean) / (2 * std)`` of the log-mel features: a
         preset of the original recipes, an explicit pair, or ``"fit"`` to use
-        the mean and standard deviation of the training clips' features. Use
-        the statistics the checkpoint was trained with.
+        the mean and standard deviation of the training clips' features
+        (with ``window_hop``, of all their windows). Use the statistics the
+        checkpoint was trained with.
 
     sample_rate : int, default=16000
         Sample rate of waveform arrays; they are resampled to 16 kHz. Files
@@ -177,6 +188,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         max_length=None,
         pooling="mean",
         layer=None,
+        window_hop=None,
         normalize="audioset",
         sample_rate=16000,
         batch_size=16,
@@ -191,6 +203,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         self.max_length = max_length
         self.pooling = pooling
         self.layer = layer
+        self.window_hop = window_hop
         self.normalize = normalize
         self.sample_rate = sample_rate
         self.batch_size = batch_size
@@ -255,6 +268,43 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
             n_features=self._n_features_out,
         )
 
+    def transform_windows(self, X):
+        """Embed each window of each clip.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_clips, n_samples) or sequence of clips
+            Waveforms at ``sample_rate``, 1-D arrays of any lengths, or paths
+            of audio files.
+
+        Returns
+        -------
+        embeddings : list of ndarray of shape (n_windows, hidden_size)
+            Per clip, one float32 embedding per window (see ``window_hop``;
+            without it, one window per clip: its first ``max_length``
+            frames). A window's embedding is ``transform`` of the clip cut at
+            the window's start. Their mean is the clip's ``transform``.
+        starts : list of ndarray of shape (n_windows,)
+            Per clip, the windows' start times in seconds.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skast import ASTFeaturizer
+        >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...             intermediate_size=64, max_length=64)
+        >>> X = [np.zeros(16000), np.zeros(4000)]   # 1 s and 0.25 s
+        >>> featurizer = ASTFeaturizer(model_config=tiny, window_hop=0.25,
+        ...                            device="cpu").fit(X)
+        >>> embeddings, starts = featurizer.transform_windows(X)
+        >>> embeddings[0].shape, starts[0].tolist(), starts[1].tolist()
+        ((3, 32), [0.0, 0.25, 0.34], [0.0])
+        """
+        check_is_fitted(self)
+        audio = _audio.check_audio_input(X)
+        windows = self._windows(audio, always=True)
+        return split_windows(self._embed_windows(audio, windows), windows)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
@@ -276,13 +326,23 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
     # ------------------------------------------------------------------ embedding
 
     def _embed(self, audio, desc: str = "embedding") -> np.ndarray:
-        """The pooled hidden state at ``layer`` of every clip."""
+        """The pooled hidden state at ``layer`` of every clip (the mean of
+        its windows' with ``window_hop``)."""
+        windows = self._windows(audio)
+        out = self._embed_windows(audio, windows, desc)
+        if windows is None:
+            return out
+        rows, _ = split_windows(out, windows)
+        return np.stack([r[0] if len(r) == 1 else r.mean(axis=0) for r in rows])
+
+    def _embed_windows(self, audio, windows, desc: str = "embedding") -> np.ndarray:
+        """The pooled hidden state of every window (every clip if ``None``)."""
         model, layer, pooling = self.model_, self.layer, self.pooling
 
         def embed(x):
             return model.pool(model.forward_features(x, layer), pooling)
 
-        return self._forward_batches(audio, embed, desc=desc)
+        return self._forward_batches(audio, embed, desc=desc, windows=windows)
 
     # ------------------------------------------------------------------ cache
 
@@ -295,6 +355,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         """The fitted model's fingerprint and the settings read at transform
         time (so that ``set_params`` after ``fit`` cannot serve stale files)."""
         fingerprint = getattr(self, "_fingerprint", None) or self._model_fingerprint()
-        return _cache.cache_key(
-            fingerprint, (self.pooling, self.layer, self.sample_rate)
-        )
+        settings = (self.pooling, self.layer, self.sample_rate)
+        if self.window_hop is not None:  # the keys without windows stay as they were
+            settings += (("window_hop", float(self.window_hop)),)
+        return _cache.cache_key(fingerprint, settings)

@@ -169,6 +169,10 @@ def cmd_embed(args) -> int:
     files = _audio_files(args.inputs)
     out = Path(args.output)
     _check_output(out)  # before the embedding work, not after it
+    if args.per_window and (
+        args.window_hop is None or out.suffix.lower() not in (".csv", ".parquet")
+    ):
+        raise UsageError("--per-window needs --window-hop and a .csv or .parquet -o")
     if args.model is not None:
         featurizer = _saved_featurizer(args)
     else:
@@ -177,13 +181,24 @@ def cmd_embed(args) -> int:
             max_length=args.max_length,
             pooling=args.pooling,
             layer=args.layer,
+            window_hop=args.window_hop,
             batch_size=args.batch_size,
             device=args.device,
             num_workers=args.num_workers,
             verbose=not args.quiet,
         ).fit(files)
-    embeddings = featurizer.transform(files)
-    _write_table(out, files, embeddings, list(featurizer.get_feature_names_out()))
+    columns = list(featurizer.get_feature_names_out())
+    if args.per_window:  # one row per window: file, start (s), embedding
+        import numpy as np
+
+        rows, starts = featurizer.transform_windows(files)
+        names = [f for f, r in zip(files, rows) for _ in r]
+        embeddings = np.concatenate(rows)
+        table = np.column_stack([np.concatenate(starts), embeddings])
+        _write_table(out, names, table, ["start", *columns])
+    else:
+        embeddings = featurizer.transform(files)
+        _write_table(out, files, embeddings, columns)
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out}")
     return 0
 
@@ -223,6 +238,8 @@ def _saved_featurizer(args):
             f"'{args.model}' holds a {type(featurizer).__name__}, not an "
             "ASTFeaturizer; 'skast predict' runs a classifier"
         )
+    if args.window_hop is not None:  # else the saved featurizer's own
+        featurizer.set_params(window_hop=args.window_hop)
     return featurizer.set_params(
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -388,6 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a fitted featurizer saved with ASTFeaturizer.save (read without "
         "running code), instead of --checkpoint and its settings",
+    )
+    p.add_argument(
+        "--window-hop",
+        type=float,
+        default=None,
+        metavar="S",
+        help="cut files longer than one window into windows starting every S "
+        "seconds; a file's embedding is the mean of its windows' (default: "
+        "keep each file's first window)",
+    )
+    p.add_argument(
+        "--per-window",
+        action="store_true",
+        help="with --window-hop and a .csv/.parquet -o: one row per window, "
+        "with its start in seconds",
     )
     p.add_argument("--batch-size", type=int, default=16)
     device_args(p)

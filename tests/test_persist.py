@@ -135,6 +135,28 @@ def test_early_stopping_keeps_its_record(tmp_path):
     assert [h["valid_score"] for h in loaded.history_] == est.validation_scores_
 
 
+def test_windowed_round_trip_is_exact(tmp_path):
+    long = np.concatenate([X, X], axis=1)  # 0.6 s: 58 frames, 3 windows of 32
+    clf = classifier(window_hop=0.15, window_aggregation="max").fit(long, Y_STR)
+    feat = ASTFeaturizer(model_config=SHORT, device="cpu", window_hop=0.2).fit(long)
+    for est, name in ((clf, "clf"), (feat, "feat")):
+        est.save(tmp_path / name)
+        loaded = skast.load(tmp_path / name)
+        assert loaded.get_params() == est.get_params()
+        if est is clf:
+            got, ref = (
+                loaded.predict_proba_windows(long),
+                clf.predict_proba_windows(long),
+            )
+            assert_array_equal(loaded.predict_proba(long), clf.predict_proba(long))
+        else:
+            got, ref = loaded.transform_windows(long), feat.transform_windows(long)
+            assert_array_equal(loaded.transform(long), feat.transform(long))
+        assert len(ref[0][0]) == 3
+        for a, b in zip(got[0] + got[1], ref[0] + ref[1]):
+            assert_array_equal(a, b)
+
+
 def test_values_keep_their_types(tmp_path):
     rs = np.random.RandomState(5)
     est = classifier(random_state=rs, device=torch.device("cpu"), betas=(0.9, 0.99))
