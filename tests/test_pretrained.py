@@ -29,6 +29,12 @@ def save_hf(path, problem_type=None, id2label=NAMES, seed=0):
     cfg.problem_type = problem_type
     torch.manual_seed(seed)
     model = randomize_(transformers.ASTForAudioClassification(cfg).eval(), seed)
+    with torch.no_grad():  # weights large enough that each clip scores its own
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.add_(1)
+            elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                m.weight.mul_(5)
     model.save_pretrained(path)
     transformers.ASTFeatureExtractor(
         max_length=TINY["max_length"], num_mel_bins=TINY["num_mel_bins"],
@@ -48,12 +54,15 @@ def multi_dir(tmp_path_factory):
 
 
 def clips(seconds=(0.3, 0.64, 1.5), seed=0):
-    """Float32 noise at 16 kHz: shorter than, about and longer than a window."""
+    """Float32 tones in noise at 16 kHz, shorter than, about and longer than
+    the model's 64 frames, each of another pitch and loudness."""
     rng = np.random.default_rng(seed)
-    return [
-        (0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32)
-        for s in seconds
-    ]
+    out = []
+    for i, s in enumerate(seconds):
+        t = np.arange(int(s * SAMPLE_RATE)) / SAMPLE_RATE
+        tone = np.sin(2 * np.pi * (300 + 1700 * i) * t) * 0.3**i
+        out.append((tone + 0.05 * rng.standard_normal(len(t))).astype(np.float32))
+    return out
 
 
 def pipeline_scores(path, X, labels, function):
@@ -248,3 +257,86 @@ def test_partial_fit_goes_on_from_the_pretrained_head(single_dir, multi_dir):
     assert_array_equal(clf.classes_, names)  # the labels keep their names
     assert_allclose(head(clf), before, atol=1e-5)
     assert clf.predict(X).shape == (3, 4)
+
+
+# ---------------------------------------------------------------- skast tag
+
+
+@pytest.fixture(scope="module")
+def wav_folder(tmp_path_factory):
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("wavs")
+    for i, clip in enumerate(clips(seed=3)):
+        sf.write(folder / f"clip{i}.wav", clip, SAMPLE_RATE, subtype="FLOAT")
+    return folder
+
+
+def expected_tags(checkpoint, files, k):
+    clf = ASTClassifier.from_pretrained(checkpoint, device="cpu")
+    proba = clf.predict_proba([str(f) for f in files])
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    return [[(clf.classes_[j], p[j]) for j in o] for p, o in zip(proba, order)]
+
+
+def tag(*args):
+    from skast.cli import main
+
+    return main(["tag", *map(str, args), "--device", "cpu", "-q"])
+
+
+def test_tag_prints_the_top_k(single_dir, wav_folder, capsys):
+    assert tag(wav_folder, "--checkpoint", single_dir, "--top-k", 2) == 0
+    lines = capsys.readouterr().out.splitlines()
+    files = sorted(wav_folder.glob("*.wav"))
+    expected = []
+    for f, tags in zip(files, expected_tags(single_dir, files, 2)):
+        expected += [str(f)] + [f"  {s:.3f}  {label}" for label, s in tags]
+    assert lines == expected
+
+
+def test_tag_writes_csv_and_json(multi_dir, wav_folder, tmp_path, capsys):
+    import csv
+    import json
+
+    files = sorted(wav_folder.glob("*.wav"))
+    expected = expected_tags(multi_dir, files, 3)
+    out = tmp_path / "tags.csv"
+    assert tag(*files, "--checkpoint", multi_dir, "--top-k", 3, "-o", out) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["file"], int(r["rank"]), r["label"]) for r in rows] == [
+        (str(f), rank, label)
+        for f, tags in zip(files, expected)
+        for rank, (label, _) in enumerate(tags, 1)
+    ]
+    assert_allclose(
+        [float(r["score"]) for r in rows],
+        [s for tags in expected for _, s in tags],
+        rtol=1e-6,
+    )
+    out = tmp_path / "tags.json"
+    assert tag(*files, "--checkpoint", multi_dir, "--top-k", 3, "-o", out) == 0
+    records = json.loads(out.read_text())
+    assert [r["file"] for r in records] == [str(f) for f in files]
+    for record, tags in zip(records, expected):
+        assert [t["label"] for t in record["tags"]] == [label for label, _ in tags]
+        assert_allclose([t["score"] for t in record["tags"]], [s for _, s in tags])
+    assert "wrote the top 3 tags of 3 files" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-o", "tags.npy"], "must end in .csv or .json"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+    ],
+)
+def test_tag_usage_errors(single_dir, wav_folder, args, message, capsys):
+    assert tag(wav_folder, "--checkpoint", single_dir, *args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tag_a_checkpoint_without_a_head_exits_1(tmp_path, wav_folder, capsys):
+    transformers.ASTModel(transformers.ASTConfig(**TINY)).save_pretrained(tmp_path)
+    assert tag(wav_folder, "--checkpoint", tmp_path) == 1
+    assert "has no classification head" in capsys.readouterr().err
