@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import warnings
 from numbers import Integral, Real
@@ -18,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from skast import _audio, _checkpoints
 from skast._base import ASTBase
-from skast._labels import guess_multilabel
+from skast._labels import guess_multilabel, head_labels
 from skast._recipes import RECIPES
 from skast._runtime import resolve_device
 from skast._targets import check_no_missing, class_weights, encode_targets, equal
@@ -528,14 +527,12 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             if multilabel is None:
                 multilabel = guess_multilabel(n_outputs, ckpt.problem_type)
             clf.model_ = ckpt.model
-            clf.classes_ = _order_head(clf.model_, sort=not multilabel)
+            clf.classes_ = head_labels(clf.model_, sort=not multilabel)
             clf._multilabel = multilabel
             clf._y_dtype = np.dtype(np.int64) if multilabel else None
             clf._setup(None, keep_model=True)  # device, precision, checks
             clf.normalization_ = clf._resolve_normalization()
-            clf._seed = int(
-                check_random_state(clf.random_state).randint(np.iinfo(np.int32).max)
-            )
+            clf._seed = clf._draw_seed()
             clf.history_, clf.loss_curve_ = [], []
             clf.validation_scores_ = clf.best_validation_score_ = None
             clf.n_iter_ = 0  # last: fitted from here on
@@ -618,9 +615,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         if not continuing:
             self.recipe_params_ = self._resolve_recipe()
             _check_averaging(self.recipe_params_, self.early_stopping, incremental)
-            self._seed = int(
-                check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-            )
+            self._seed = self._draw_seed()
         keeps_head = keeps_model and self._has_head_for(targets)
         class_weight = class_weights(self.class_weight, targets)
         device = _training_device(self.device)
@@ -644,6 +639,11 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             )  # fmt: skip
         self._keep_training_result(result, incremental)
         return self
+
+    def _draw_seed(self) -> int:
+        """The seed of a fit's randomness, drawn from ``random_state``."""
+        rng = check_random_state(self.random_state)
+        return int(rng.randint(np.iinfo(np.int32).max))
 
     def _new_head(self, classes, device) -> None:
         """A new head for ``classes``, seeded; no optimizer state goes on."""
@@ -951,29 +951,6 @@ def _pretrained_normalization(preprocessor) -> tuple[float, float] | None:
     if isinstance(mean, Real) and isinstance(std, Real):
         return (float(mean), float(std))
     return None
-
-
-def _order_head(model, *, sort: bool) -> np.ndarray:
-    """The head's label names as ``classes_``; sorted (the head's outputs
-    reordered alike, as ``fit`` sorts labels) when ``sort``."""
-    id2label = model.config.id2label
-    names = np.array([id2label[i] for i in range(len(id2label))])
-    if not sort:
-        return names
-    if len(set(names.tolist())) != len(names):
-        raise ValueError(
-            "the head's label names are not unique; pass multilabel=True to "
-            "use it as a multi-label head"
-        )
-    order = np.argsort(names, kind="stable")
-    linear = model.head[-1]
-    with torch.no_grad():
-        linear.weight.copy_(linear.weight[torch.as_tensor(order)])
-        linear.bias.copy_(linear.bias[torch.as_tensor(order)])
-    model.config = dataclasses.replace(
-        model.config, id2label=dict(enumerate(names[order].tolist()))
-    )
-    return names[order]
 
 
 def _is_default(value, default) -> bool:

@@ -1,4 +1,5 @@
-"""Label names of the published AST heads, and whether a head is multi-label.
+"""Label names of the published AST heads, a head's labels as ``classes_``,
+and whether a head is multi-label.
 
 An original ``.pth`` file of the AST repository does not name its outputs; its
 task shows in its head's size: 527 outputs are AudioSet's labels, 35 the Speech
@@ -9,11 +10,15 @@ Commands keywords, 50 the ESC-50 classes. The tables ship in ``skast/data/``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 from importlib import resources
 
-__all__ = ["label_table", "guess_multilabel", "AUDIOSET_LABELS"]
+import numpy as np
+import torch
+
+__all__ = ["label_table", "guess_multilabel", "head_labels", "AUDIOSET_LABELS"]
 
 #: Number of outputs of an AudioSet head (multi-label, sigmoid per label).
 AUDIOSET_LABELS = 527
@@ -89,3 +94,50 @@ def guess_multilabel(n_outputs: int, problem_type: str | None = None) -> bool:
     if problem_type is not None:
         return problem_type == "multi_label_classification"
     return n_outputs == AUDIOSET_LABELS
+
+
+def head_labels(model, *, sort: bool) -> np.ndarray:
+    """A model's head's label names, in order, as a classifier's ``classes_``.
+
+    Parameters
+    ----------
+    model : skast._model.AST
+        A model with a head; with ``sort``, changed in place.
+    sort : bool
+        Sort the names (as ``fit`` sorts labels), reordering the head's
+        outputs and ``model.config.id2label`` alike, so that output ``i`` is
+        still the score of name ``i``. Refuses names that are not unique.
+
+    Returns
+    -------
+    ndarray of str
+        The names of the head's outputs, in the order of its outputs.
+
+    Examples
+    --------
+    >>> from skast._labels import head_labels
+    >>> from skast._model import AST, ASTConfig
+    >>> model = AST(ASTConfig(hidden_size=32, num_hidden_layers=1,
+    ...                       num_attention_heads=2, intermediate_size=64,
+    ...                       max_length=32, id2label={0: "dog", 1: "cat"}))
+    >>> head_labels(model, sort=True), model.config.id2label
+    (array(['cat', 'dog'], dtype='<U3'), {0: 'cat', 1: 'dog'})
+    """
+    id2label = model.config.id2label
+    names = np.array([id2label[i] for i in range(len(id2label))])
+    if not sort:
+        return names
+    if len(set(names.tolist())) != len(names):
+        raise ValueError(
+            "the head's label names are not unique; pass multilabel=True to "
+            "use it as a multi-label head"
+        )
+    order = np.argsort(names, kind="stable")
+    linear = model.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(linear.weight[torch.as_tensor(order)])
+        linear.bias.copy_(linear.bias[torch.as_tensor(order)])
+    model.config = dataclasses.replace(
+        model.config, id2label=dict(enumerate(names[order].tolist()))
+    )
+    return names[order]

@@ -340,3 +340,11 @@ def test_tag_a_checkpoint_without_a_head_exits_1(tmp_path, wav_folder, capsys):
     transformers.ASTModel(transformers.ASTConfig(**TINY)).save_pretrained(tmp_path)
     assert tag(wav_folder, "--checkpoint", tmp_path) == 1
     assert "has no classification head" in capsys.readouterr().err
+
+
+def test_names_that_are_not_unique_are_refused_single_label(tmp_path):
+    path = save_hf(tmp_path, id2label={0: "dog", 1: "dog", 2: "cat"})
+    with pytest.raises(ValueError, match="not unique; pass multilabel=True"):
+        ASTClassifier.from_pretrained(path, device="cpu")
+    clf = ASTClassifier.from_pretrained(path, multilabel=True, device="cpu")
+    assert_array_equal(clf.classes_, ["dog", "dog", "cat"])
