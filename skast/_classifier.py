@@ -498,8 +498,6 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         >>> clf.predict_proba(np.zeros((2, 8000))).shape
         (2, 3)
         """
-        if "checkpoint" in params:
-            raise TypeError("from_pretrained() got checkpoint twice")
         if multilabel not in (None, True, False):
             raise ValueError(
                 f"multilabel must be None, True or False, got {multilabel!r}"
