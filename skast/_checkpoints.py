@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from skast._labels import label_table
 from skast._model import AST, ASTConfig, adapt_position_embeddings
 from skast._recipes import NORM_STATS, NUM_MEL_BINS, SAMPLE_RATE
 
@@ -97,11 +98,15 @@ class Checkpoint:
     preprocessor : dict or None
         The ``preprocessor_config.json`` of a Hugging Face checkpoint (mean,
         std, max_length...), if there was one.
+    problem_type : str or None
+        The ``problem_type`` of a Hugging Face config
+        (``"multi_label_classification"`` ...), if it had one.
     """
 
     model: AST
     source: str
     preprocessor: dict[str, Any] | None = None
+    problem_type: str | None = None
 
     @property
     def config(self) -> ASTConfig:
@@ -293,7 +298,12 @@ def _infer_original_config(
         time_stride=ts,
         max_length=stored,
         num_mel_bins=num_mel_bins,
-        id2label={i: f"LABEL_{i}" for i in range(head.shape[0])}
+        # the published heads' names by their size (AudioSet, Speech Commands,
+        # ESC-50): the file itself names none
+        id2label=(
+            label_table(head.shape[0])
+            or {i: f"LABEL_{i}" for i in range(head.shape[0])}
+        )
         if head is not None
         else None,
     )
@@ -325,7 +335,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 
 def _read_hf_directory(
     path: Path,
-) -> tuple[ASTConfig, dict[str, torch.Tensor], dict | None]:
+) -> tuple[ASTConfig, dict[str, torch.Tensor], dict | None, str | None]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointUnavailableError(
@@ -345,7 +355,13 @@ def _read_hf_directory(
     sd = _from_hf_state_dict(_read_weights(weights))
     pre_file = path / "preprocessor_config.json"
     preprocessor = json.loads(pre_file.read_text()) if pre_file.is_file() else None
-    return config, sd, preprocessor
+    problem_type = raw.get("problem_type")
+    return (
+        config,
+        sd,
+        preprocessor,
+        problem_type if isinstance(problem_type, str) else None,
+    )
 
 
 def _build(config: ASTConfig, sd: dict[str, torch.Tensor], source: str) -> AST:
@@ -439,9 +455,9 @@ def load_checkpoint(
     """
     source = os.fspath(checkpoint)
     path = Path(source).expanduser()
-    preprocessor = None
+    preprocessor = problem_type = None
     if path.is_dir():
-        config, sd, preprocessor = _read_hf_directory(path)
+        config, sd, preprocessor, problem_type = _read_hf_directory(path)
     elif path.is_file():
         sd = _read_weights(path)
         if any(k.startswith(("module.", "v.")) for k in sd):
@@ -456,7 +472,7 @@ def load_checkpoint(
             )
     elif _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
         path = _hub_snapshot(source, revision)
-        config, sd, preprocessor = _read_hf_directory(path)
+        config, sd, preprocessor, problem_type = _read_hf_directory(path)
     else:
         raise CheckpointUnavailableError(
             f"no such checkpoint file or directory: '{source}'"
@@ -471,7 +487,12 @@ def load_checkpoint(
     )
     if target != config:
         model = _rebuild(model, target)
-    return Checkpoint(model=model.eval(), source=source, preprocessor=preprocessor)
+    return Checkpoint(
+        model=model.eval(),
+        source=source,
+        preprocessor=preprocessor,
+        problem_type=problem_type,
+    )
 
 
 def _rebuild(model: AST, config: ASTConfig) -> AST:

@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from skast import _audio, _checkpoints
 from skast._base import ASTBase, split_windows
+from skast._labels import guess_multilabel, head_labels
 from skast._recipes import RECIPES
 from skast._runtime import resolve_device
 from skast._targets import check_no_missing, class_weights, encode_targets, equal
@@ -453,6 +454,112 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         self.verbose = verbose
         self.recipe = recipe
 
+    # ------------------------------------------------------------------ pretrained
+
+    @classmethod
+    def from_pretrained(cls, checkpoint, *, multilabel=None, **params):
+        """A classifier fitted on arrival: the checkpoint's own head, as it is.
+
+        It predicts as the published model does (the scores of transformers'
+        ``pipeline("audio-classification")`` on the same checkpoint), and is
+        fitted like one that ``fit`` returned: it pickles, has ``save`` and
+        ``save_pretrained``, works inside :class:`sklearn.frozen.FrozenEstimator`,
+        and trains further from its head (``warm_start=True`` with the same
+        classes, or ``partial_fit``).
+
+        Parameters
+        ----------
+        checkpoint : str or path-like
+            A hub id, a Hugging Face directory or an original ``.pth`` file
+            (as the ``checkpoint`` parameter), whose head is kept.
+
+        multilabel : bool, default=None
+            Whether the head is multi-label (a sigmoid per label, an
+            indicator-matrix ``predict``) or single-label (a softmax, a label
+            per clip). ``None`` guesses: the config's ``problem_type`` when it
+            has one (``"multi_label_classification"`` is multi-label), else
+            multi-label for an AudioSet head (527 outputs) and single-label
+            for any other.
+
+        **params
+            Any parameter of ``ASTClassifier`` (``device``, ``precision``,
+            ``batch_size``, ``max_length`` ...).
+
+        Returns
+        -------
+        clf : ASTClassifier
+            Fitted: ``n_iter_`` is 0 and ``history_`` empty.
+
+        Notes
+        -----
+        ``classes_`` are the head's label names: ``id2label`` of a Hugging
+        Face config; for an original ``.pth``, the AudioSet, Speech Commands
+        or ESC-50 names, told by the head's size (527, 35 or 50; any other
+        size is ``LABEL_0``, ``LABEL_1`` ...). A single-label head's classes
+        are sorted (as ``fit`` sorts them; the head's outputs are reordered
+        alike), a multi-label head's keep the head's order, one column per
+        output. The features are normalised with the ``mean`` and ``std`` of
+        the checkpoint's ``preprocessor_config.json`` when it has them (the
+        ``normalize`` parameter is set to that pair), else with ``normalize``;
+        ``normalize`` passed here wins, and ``"fit"`` is refused (there are no
+        clips to fit it on).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from skast import ASTClassifier
+        >>> from skast._checkpoints import save_pretrained
+        >>> from skast._model import AST, ASTConfig
+        >>> cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...                 intermediate_size=64, max_length=64,
+        ...                 id2label={0: "dog", 1: "cat", 2: "bird"})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_pretrained(AST(cfg), d)
+        ...     clf = ASTClassifier.from_pretrained(d, device="cpu")
+        >>> clf.classes_
+        array(['bird', 'cat', 'dog'], dtype='<U4')
+        >>> clf.predict_proba(np.zeros((2, 8000))).shape
+        (2, 3)
+        """
+        if multilabel not in (None, True, False):
+            raise ValueError(
+                f"multilabel must be None, True or False, got {multilabel!r}"
+            )
+        clf = cls(checkpoint, **params)
+        clf._validate_params()
+        if clf.model_config:
+            raise ValueError("model_config does not apply to from_pretrained")
+        with clf._rollback_on_error():
+            clf.recipe_params_ = clf._resolve_recipe()
+            ckpt = _checkpoints.load_checkpoint(
+                checkpoint, max_length=clf._setting("max_length")
+            )
+            n_outputs = ckpt.config.num_labels
+            if not n_outputs:
+                raise ValueError(f"'{checkpoint}' has no classification head")
+            stats = _pretrained_normalization(ckpt.preprocessor)
+            if "normalize" not in params and stats is not None:
+                clf.normalize = stats
+                clf.recipe_params_ = clf._resolve_recipe()
+            if clf._resolve_normalization() is None:
+                raise ValueError(
+                    "normalize='fit' needs training clips; from_pretrained has none"
+                )
+            if multilabel is None:
+                multilabel = guess_multilabel(n_outputs, ckpt.problem_type)
+            clf.model_ = ckpt.model
+            clf.classes_ = head_labels(clf.model_, sort=not multilabel)
+            clf._multilabel = multilabel
+            clf._y_dtype = np.dtype(np.int64) if multilabel else None
+            clf._setup(None, keep_model=True)  # device, precision, checks
+            clf.normalization_ = clf._resolve_normalization()
+            clf._seed = clf._draw_seed()
+            clf.history_, clf.loss_curve_ = [], []
+            clf.validation_scores_ = clf.best_validation_score_ = None
+            clf.n_iter_ = 0  # last: fitted from here on
+        return clf
+
     # ------------------------------------------------------------------ fitting
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -530,9 +637,7 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         if not continuing:
             self.recipe_params_ = self._resolve_recipe()
             _check_averaging(self.recipe_params_, self.early_stopping, incremental)
-            self._seed = int(
-                check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-            )
+            self._seed = self._draw_seed()
         keeps_head = keeps_model and self._has_head_for(targets)
         class_weight = class_weights(self.class_weight, targets)
         device = _training_device(self.device)
@@ -543,7 +648,8 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             features, values = self._compute_features(audio, targets.values)
             if not keeps_head:
                 self._new_head(targets.classes, device)
-            self.classes_ = targets.classes
+            if not (keeps_head and targets.multilabel):  # labels' names stay
+                self.classes_ = targets.classes
             self._multilabel, self._y_dtype = targets.multilabel, targets.y_dtype
             if not keeps_model:
                 self.history_ = []
@@ -555,6 +661,11 @@ class ASTClassifier(ClassifierMixin, ASTBase):
             )  # fmt: skip
         self._keep_training_result(result, incremental)
         return self
+
+    def _draw_seed(self) -> int:
+        """The seed of a fit's randomness, drawn from ``random_state``."""
+        rng = check_random_state(self.random_state)
+        return int(rng.randint(np.iinfo(np.int32).max))
 
     def _new_head(self, classes, device) -> None:
         """A new head for ``classes``, seeded; no optimizer state goes on."""
@@ -638,11 +749,15 @@ class ASTClassifier(ClassifierMixin, ASTBase):
         return params
 
     def _has_head_for(self, targets) -> bool:
-        return (
-            targets.multilabel == getattr(self, "_multilabel", None)
-            and equal(targets.classes, self.classes_)
-            and self.model_.config.num_labels == len(targets.classes)
-        )
+        if targets.multilabel != getattr(self, "_multilabel", None):
+            return False
+        # an indicator matrix's columns are the head's outputs, in order,
+        # whether classes_ names them (from_pretrained) or counts them
+        if targets.multilabel:
+            same = len(targets.classes) == len(self.classes_)
+        else:
+            same = equal(targets.classes, self.classes_)
+        return same and self.model_.config.num_labels == len(targets.classes)
 
     # ------------------------------------------------------------------ model
 
@@ -917,6 +1032,19 @@ class ASTClassifier(ClassifierMixin, ASTBase):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _pretrained_normalization(preprocessor) -> tuple[float, float] | None:
+    """The ``(mean, std)`` a checkpoint's feature extractor normalises with,
+    or None when its ``preprocessor_config.json`` does not say."""
+    if not preprocessor:
+        return None
+    if preprocessor.get("do_normalize") is False:
+        return (0.0, 0.5)  # (x - 0) / (2 * 0.5): the features as they are
+    mean, std = preprocessor.get("mean"), preprocessor.get("std")
+    if isinstance(mean, Real) and isinstance(std, Real):
+        return (float(mean), float(std))
+    return None
 
 
 def _is_default(value, default) -> bool:

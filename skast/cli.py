@@ -1,4 +1,4 @@
-"""The ``skast`` command: ``demo``, ``embed``, ``finetune`` and ``predict``.
+"""The ``skast`` command: ``demo``, ``embed``, ``tag``, ``finetune`` and ``predict``.
 
 Exit codes: 0 success, 1 a runtime failure (a model or file that cannot be
 read, ...), 2 a usage error (bad arguments), 130 interrupted.
@@ -14,6 +14,7 @@ from pathlib import Path
 from skast._recipes import CHECKPOINT, POOLINGS, RECIPES, TINY
 
 OUTPUT_SUFFIXES = (".npy", ".csv", ".parquet")
+TAG_SUFFIXES = (".csv", ".json")
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
 
@@ -201,6 +202,65 @@ def cmd_embed(args) -> int:
         _write_table(out, files, embeddings, columns)
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out}")
     return 0
+
+
+def cmd_tag(args) -> int:
+    from skast import ASTClassifier
+
+    out = Path(args.output) if args.output else None
+    if out is not None and out.suffix.lower() not in TAG_SUFFIXES:
+        raise UsageError(f"output must end in .csv or .json, got '{out.name}'")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    files = _audio_files(args.inputs)  # before loading the model, not after
+    clf = ASTClassifier.from_pretrained(
+        args.checkpoint,
+        max_length=args.max_length,
+        window_hop=args.window_hop,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        verbose=not args.quiet and len(files) > args.batch_size,  # a long list
+    )
+    tags = _top_tags(clf.predict_proba(files), clf.classes_, args.top_k)
+    if out is None:
+        for f, file_tags in zip(files, tags):
+            print(f)
+            for label, score in file_tags:
+                print(f"  {score:.3f}  {label}")
+        return 0
+    if out.suffix.lower() == ".json":
+        import json
+
+        records = [
+            {"file": f, "tags": [{"label": lb, "score": s} for lb, s in t]}
+            for f, t in zip(files, tags)
+        ]
+        out.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    else:
+        import numpy as np
+
+        rows = [
+            np.array([rank, label, score], dtype=object)
+            for t in tags
+            for rank, (label, score) in enumerate(t, 1)
+        ]
+        names = [f for f, t in zip(files, tags) for _ in t]
+        _write_table(out, names, rows, ["rank", "label", "score"])
+    print(f"wrote the top {args.top_k} tags of {len(files)} files to {out}")
+    return 0
+
+
+def _top_tags(proba, classes, k: int) -> list[list[tuple[str, float]]]:
+    """The ``k`` best ``(label, score)`` of each row of ``proba``, best first
+    (ties in the order of ``classes``)."""
+    import numpy as np
+
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    return [
+        [(str(classes[j]), float(row[j])) for j in best]
+        for row, best in zip(proba, order)
+    ]
 
 
 # embed's model settings and their defaults: a saved featurizer (--model)
@@ -424,6 +484,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     device_args(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "tag",
+        help="tag audio files with a published head",
+        description="Print (or write) the top labels of audio files and their "
+        "scores, from a checkpoint's own classification head "
+        "(ASTClassifier.from_pretrained): a sigmoid per label for a "
+        "multi-label head such as AudioSet's, else a softmax.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS")
+    p.add_argument(
+        "--checkpoint",
+        default=CHECKPOINT,
+        help="hub id, Hugging Face directory or original .pth, with its head "
+        f"(default {CHECKPOINT})",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="OUT.csv (file, rank, label, score) or OUT.json (default: print)",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="input frames (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--window-hop",
+        type=float,
+        default=None,
+        metavar="S",
+        help="tag files longer than one window by windows every S seconds, "
+        "a file's scores aggregated over its windows (default: the first window)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    device_args(p)
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser(
         "finetune",

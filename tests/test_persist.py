@@ -126,6 +126,30 @@ def test_from_a_checkpoint_needs_the_checkpoint_no_more(checkpoint, tmp_path):
     assert loaded_feat.model_.config.max_length == 64
 
 
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_from_pretrained_round_trip(hf_tiny_dir, tmp_path, multilabel):
+    transformers = pytest.importorskip("transformers")
+    source = tmp_path / "hf"
+    shutil.copytree(hf_tiny_dir, source)
+    transformers.ASTFeatureExtractor(max_length=64, mean=-3.0, std=4.0).save_pretrained(
+        source
+    )
+    est = ASTClassifier.from_pretrained(source, multilabel=multilabel, device="cpu")
+    est.save(tmp_path / "model")
+    shutil.rmtree(source)
+    loaded = skast.load(tmp_path / "model")
+    for got, ref in zip(outputs(loaded), outputs(est)):
+        assert got.dtype == ref.dtype
+        assert_array_equal(got, ref)
+    assert loaded.get_params() == est.get_params()
+    assert loaded.normalize == loaded.normalization_ == (-3.0, 4.0)
+    assert loaded.classes_.dtype == est.classes_.dtype
+    assert_array_equal(loaded.classes_, est.classes_)
+    assert (loaded.n_iter_, loaded.history_) == (0, [])
+    assert loaded.predict(X).ndim == (2 if multilabel else 1)
+    assert loaded.model_.config == est.model_.config
+
+
 def test_early_stopping_keeps_its_record(tmp_path):
     est = CASES["early-stopping"]()
     assert est.validation_scores_ is not None
