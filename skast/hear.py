@@ -14,24 +14,26 @@ checkpoint skast reads:
 
 Examples
 --------
+A small random encoder (:data:`skast._recipes.TINY`, 16 x 16 strides) written
+as a Hugging Face checkpoint and read back as HEAR reads models:
+
 >>> import tempfile
 >>> import torch
 >>> from skast import hear
 >>> from skast._checkpoints import save_pretrained
 >>> from skast._model import AST, ASTConfig
->>> cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-...                 intermediate_size=64, max_length=64)
+>>> from skast._recipes import TINY
 >>> with tempfile.TemporaryDirectory() as path:
-...     save_pretrained(AST(cfg), path)
+...     save_pretrained(AST(ASTConfig(**TINY)), path)
 ...     model = hear.load_model(path, device="cpu")
 >>> model.sample_rate, model.scene_embedding_size, model.timestamp_embedding_size
-(16000, 32, 32)
->>> audio = torch.rand(2, 16000) * 2 - 1          # two 1 s sounds
+(16000, 64, 64)
+>>> audio = torch.rand(2, 16000) * 2 - 1          # two 1 s sounds: 98 frames
 >>> hear.get_scene_embeddings(audio, model).shape
-torch.Size([2, 32])
+torch.Size([2, 64])
 >>> embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
->>> embeddings.shape, timestamps[0, :3]
-(torch.Size([2, 10, 32]), tensor([ 87.5000, 187.5000, 287.5000]))
+>>> embeddings.shape, timestamps[0, :3]          # a column every 16 frames
+(torch.Size([2, 7, 64]), tensor([ 87.5000, 247.5000, 407.5000]))
 """
 
 from __future__ import annotations
@@ -86,14 +88,14 @@ class HEARModel(nn.Module):
     Examples
     --------
     >>> import numpy as np
+    >>> import torch
     >>> from skast import ASTFeaturizer
+    >>> from skast._recipes import TINY
     >>> from skast.hear import HEARModel
-    >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-    ...             intermediate_size=64, max_length=64)
-    >>> featurizer = ASTFeaturizer(model_config=tiny, device="cpu")
-    >>> model = HEARModel(featurizer.fit(np.zeros((1, 16000))))
-    >>> model.scene_embedding_size
-    32
+    >>> featurizer = ASTFeaturizer(model_config=TINY, device="cpu")
+    >>> model = HEARModel(featurizer.fit(np.zeros((1, 16000)))).to("cpu")
+    >>> model.scene_embedding_size, model(torch.zeros(2, 8000)).shape
+    (64, torch.Size([2, 64]))
     """
 
     sample_rate: int = SAMPLE_RATE
@@ -136,8 +138,9 @@ def load_model(model_file_path: str = "", **kwargs) -> HEARModel:
         Parameters of :class:`~skast.ASTFeaturizer`: ``pooling`` and
         ``layer`` (which state the embeddings come from), ``device``,
         ``precision``, ``batch_size``, ``max_length``, ``normalize`` (a preset
-        or a pair: there are no clips to fit statistics on), and any other
-        parameter the featurizer has.
+        or a pair: there are no clips to fit statistics on), ``window_hop``
+        (the scene embeddings of sounds longer than one window) and any
+        other parameter the featurizer has, passed to it as they are.
 
     Returns
     -------
@@ -213,22 +216,23 @@ def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
     embeddings : torch.Tensor of shape (n_sounds, scene_embedding_size)
         float32, on ``audio``'s device: ``model.featurizer.transform`` of the
         rows (the encoder's state at ``layer`` pooled as ``pooling`` says;
-        sounds longer than one window as the featurizer treats them).
+        sounds longer than one window, ``max_length`` frames, as the
+        featurizer treats them: cut to their first window, or the mean of
+        their windows with the featurizer's ``window_hop``).
 
     Examples
     --------
     >>> import numpy as np
     >>> import torch
     >>> from skast import ASTFeaturizer
+    >>> from skast._recipes import TINY
     >>> from skast.hear import HEARModel, get_scene_embeddings
-    >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-    ...             intermediate_size=64, max_length=64)
-    >>> featurizer = ASTFeaturizer(model_config=tiny, device="cpu")
+    >>> featurizer = ASTFeaturizer(model_config=TINY, pooling="cls", device="cpu")
     >>> model = HEARModel(featurizer.fit(np.zeros((1, 16000))))
     >>> audio = torch.rand(3, 8000) * 2 - 1
     >>> embeddings = get_scene_embeddings(audio, model)
     >>> embeddings.shape, embeddings.dtype
-    (torch.Size([3, 32]), torch.float32)
+    (torch.Size([3, 64]), torch.float32)
     >>> np.array_equal(embeddings.numpy(), featurizer.transform(audio))
     True
     """
@@ -286,20 +290,26 @@ def get_timestamp_embeddings(
 
     Examples
     --------
-    >>> import numpy as np
+    With the 10 x 10 strides of the published models (a window of 64 frames
+    here, for speed: 5 columns, windows 50 frames apart):
+
+    >>> import tempfile
     >>> import torch
-    >>> from skast import ASTFeaturizer
-    >>> from skast.hear import HEARModel, get_timestamp_embeddings
-    >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-    ...             intermediate_size=64, max_length=64)
-    >>> featurizer = ASTFeaturizer(model_config=tiny, device="cpu")
-    >>> model = HEARModel(featurizer.fit(np.zeros((1, 16000))))
+    >>> from skast._checkpoints import save_pretrained
+    >>> from skast._model import AST, ASTConfig
+    >>> from skast.hear import get_timestamp_embeddings, load_model
+    >>> encoder = AST(ASTConfig(hidden_size=32, num_hidden_layers=1,
+    ...                         num_attention_heads=2, intermediate_size=64,
+    ...                         max_length=64))
+    >>> with tempfile.TemporaryDirectory() as path:
+    ...     save_pretrained(encoder, path)
+    ...     model = load_model(path, layer=-1, device="cpu")
     >>> audio = torch.rand(2, 32000) * 2 - 1           # 2 s: 198 frames
     >>> embeddings, timestamps = get_timestamp_embeddings(audio, model)
     >>> embeddings.shape                               # 4 windows of 5 columns
     torch.Size([2, 20, 32])
-    >>> torch.diff(timestamps).unique()
-    tensor([100.])
+    >>> timestamps[0, :3], torch.diff(timestamps).unique()
+    (tensor([ 87.5000, 187.5000, 287.5000]), tensor([100.]))
     """
     audio = _check_audio(audio)
     featurizer = model.featurizer
@@ -331,7 +341,7 @@ def get_timestamp_embeddings(
     starts = torch.arange(n_cols, dtype=torch.float64) * config.time_stride
     centre = (config.patch_size - 1) / 2 * _FRAME_MS + _WINDOW_MS / 2
     times = (starts * _FRAME_MS + centre).to(torch.float32)
-    timestamps = times.expand(len(audio), n_cols).to(audio.device)
+    timestamps = times.repeat(len(audio), 1).to(audio.device)
     return embeddings, timestamps
 
 

@@ -280,9 +280,8 @@ def test_hearvalidator_accepts_the_module(checkpoint, tmp_path):
     (stub / "__init__.py").write_text("class Module:\n    pass\n")
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(root), str(stub.parent), env.get("PYTHONPATH", "")]
-    )
+    paths = [str(root), str(stub.parent), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     command = [sys.executable, "-m", "hearvalidator.validate", "skast.hear"]
     done = subprocess.run(
         [*command, "--model", str(checkpoint), "--device", "cpu"],
