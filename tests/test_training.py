@@ -412,6 +412,10 @@ def test_keyboard_interrupt_in_the_epoch_report_ends_fitted(data):
     assert clf.predict(X).shape == (len(X),)
 
 
+@pytest.mark.skipif(
+    not hasattr(torch.nn.Module, "register_state_dict_post_hook"),
+    reason="the public state-dict post hook is torch 2.5's",
+)
 def test_keyboard_interrupt_while_keeping_the_best_weights_ends_fitted():
     X, y = toned(11, seed=6)
     X, y = X[:32], y[:32]  # 8 validation clips
