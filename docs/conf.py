@@ -83,11 +83,11 @@ intersphinx_timeout = 10
 
 # -- sphinx-gallery ------------------------------------------------------------
 # Which examples run during the build (see docs/contributing.rst): by default
-# the three that take seconds; SKAST_DOCS_GALLERY=all runs every example,
+# the four that take seconds; SKAST_DOCS_GALLERY=all runs every example,
 # SKAST_DOCS_GALLERY=none none. Examples that do not run are shown without
 # their output; tests/test_examples.py runs all of them in any case.
 _GALLERY_RUN = {
-    "fast": r"/plot_(esc50_embeddings_cv|confusion_matrix|grid_search_cache)\.py$",
+    "fast": r"/plot_(esc50_embeddings_cv|confusion_matrix|grid_search_cache|tag_long_recording)\.py$",
     "all": r"/plot_",
     "none": r"^$",
 }
