@@ -7,7 +7,8 @@ Three sources load into :class:`skast._model.AST`:
 * a hub id such as ``"MIT/ast-finetuned-audioset-10-10-0.4593"`` (needs the
   ``hub`` extra, ``huggingface_hub``);
 * an original ``YuanGongND/ast`` ``.pth`` file (a ``DataParallel`` state dict
-  with ``module.v.*`` keys and a fused ``qkv``).
+  with ``module.v.*`` keys and a fused ``qkv``), with the original code's
+  LayerNorm epsilons (1e-6, and 1e-5 in the head).
 
 Weights are read with :mod:`safetensors` or ``torch.load(weights_only=True)``:
 loading never runs code from a file. A checkpoint can be loaded at another
@@ -248,6 +249,13 @@ def _from_original_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+# The original repository's LayerNorm epsilons: timm 0.4.5's ViT builds its
+# blocks' and final LayerNorms with eps=1e-6, and ast_models.py's mlp_head with
+# PyTorch's default, 1e-5 (transformers' ASTConfig defaults to 1e-12).
+ORIGINAL_LAYER_NORM_EPS = 1e-6
+ORIGINAL_HEAD_LAYER_NORM_EPS = 1e-5
+
+
 def _infer_original_config(
     sd: dict[str, torch.Tensor],
     name: str,
@@ -259,7 +267,9 @@ def _infer_original_config(
 
     Strides come from the caller or from the file name (``audioset_10_10_...``);
     the stored input length is the one of the 128-bin grid that fits the
-    position embedding (1024 for AudioSet, 128 for Speech Commands).
+    position embedding (1024 for AudioSet, 128 for Speech Commands). The
+    LayerNorm epsilons are the original code's (``ORIGINAL_LAYER_NORM_EPS``,
+    ``ORIGINAL_HEAD_LAYER_NORM_EPS``).
     """
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight"):
         if key not in sd:
@@ -298,6 +308,8 @@ def _infer_original_config(
         time_stride=ts,
         max_length=stored,
         num_mel_bins=num_mel_bins,
+        layer_norm_eps=ORIGINAL_LAYER_NORM_EPS,
+        classifier_layer_norm_eps=ORIGINAL_HEAD_LAYER_NORM_EPS,
         # the published heads' names by their size (AudioSet, Speech Commands,
         # ESC-50): the file itself names none
         id2label=(
@@ -512,7 +524,11 @@ def save_pretrained(
     ``config.json`` (with ``id2label``/``label2id``), ``model.safetensors`` with
     transformers' parameter names, and ``preprocessor_config.json`` for
     ``ASTFeatureExtractor``. A model with a head is written as
-    ``ASTForAudioClassification``, one without as ``ASTModel``.
+    ``ASTForAudioClassification``, one without as ``ASTModel``. The config
+    holds the LayerNorm epsilons: ``layer_norm_eps`` and, where the head's
+    differs (an original ``.pth``), ``classifier_layer_norm_eps``, which skast
+    reads back and transformers keeps but does not use (its head takes
+    ``layer_norm_eps``; see :class:`~skast._model.ASTConfig`).
 
     Parameters
     ----------

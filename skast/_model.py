@@ -51,7 +51,9 @@ class ASTConfig:
     initializer_range : float, default=0.02
         Standard deviation of the truncated normal initialisation.
     layer_norm_eps : float, default=1e-12
-        Epsilon of every LayerNorm (the original repository used 1e-6).
+        Epsilon of the blocks' LayerNorms and the final one (transformers'
+        default; the original repository's models use 1e-6, and an original
+        ``.pth`` loads with it).
     patch_size : int, default=16
         Side of the square patches.
     qkv_bias : bool, default=True
@@ -67,6 +69,13 @@ class ASTConfig:
     id2label : dict, default=None
         Class index -> label name; its length is the number of outputs of the
         head. ``None`` (or empty) means no head.
+    classifier_layer_norm_eps : float, default=None
+        Epsilon of the head's LayerNorm; ``None``: ``layer_norm_eps``. An
+        original ``.pth`` has 1e-5 here (PyTorch's default) and 1e-6 in
+        ``layer_norm_eps``. transformers keeps this field in a ``config.json``
+        but its head uses ``layer_norm_eps``: it moves the head's normalised
+        input by about ``(1e-5 - 1e-6) / (2 * var)`` relatively, ``var`` the
+        variance of the pooled vector.
 
     Examples
     --------
@@ -94,6 +103,7 @@ class ASTConfig:
     max_length: int = 1024
     num_mel_bins: int = 128
     id2label: dict[int, str] | None = field(default=None)
+    classifier_layer_norm_eps: float | None = None
 
     def __post_init__(self):
         if self.id2label:
@@ -128,6 +138,17 @@ class ASTConfig:
                 f"hidden_act {self.hidden_act!r} is not supported; "
                 f"use one of {sorted(_ACTIVATIONS)}"
             )
+        for name in ("layer_norm_eps", "classifier_layer_norm_eps"):
+            value = getattr(self, name)
+            if value is None and name.startswith("classifier"):
+                continue
+            if isinstance(value, bool) or not (
+                isinstance(value, (int, float)) and value >= 0
+            ):
+                raise ValueError(
+                    f"config {name} must be a non-negative number, got {value!r}"
+                )
+            setattr(self, name, float(value))
         if self.num_mel_bins < self.patch_size or self.max_length < self.patch_size:
             raise ValueError(
                 f"num_mel_bins ({self.num_mel_bins}) and max_length "
@@ -162,8 +183,11 @@ class ASTConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (``id2label`` keys as strings, as JSON has)."""
+        """The fields as a plain dict (``id2label`` keys as strings, as JSON has;
+        ``classifier_layer_norm_eps`` only where it is set)."""
         out = dataclasses.asdict(self)
+        if out["classifier_layer_norm_eps"] is None:
+            out.pop("classifier_layer_norm_eps")
         if out["id2label"] is None:
             out.pop("id2label")
         else:
@@ -313,7 +337,8 @@ class AST(nn.Module):
     def _make_head(self, num_labels: int) -> nn.Module:
         if not num_labels:
             return nn.Identity()
-        eps = self.config.layer_norm_eps
+        eps = self.config.classifier_layer_norm_eps
+        eps = self.config.layer_norm_eps if eps is None else eps
         dim = self.config.hidden_size
         return nn.Sequential(nn.LayerNorm(dim, eps=eps), nn.Linear(dim, num_labels))
 

@@ -477,7 +477,9 @@ def _config(fields, invalid):
 
 
 def _field_type_ok(value, default) -> bool:
-    if isinstance(default, float):  # an int serves (hidden_dropout_prob=0)
+    # an int serves (hidden_dropout_prob=0); None: an optional float
+    # (classifier_layer_norm_eps; id2label is checked apart)
+    if default is None or isinstance(default, float):
         return _real(value)
     return type(value) is type(default)
 
