@@ -223,30 +223,56 @@ def cmd_tag(args) -> int:
         verbose=not args.quiet and len(files) > args.batch_size,  # a long list
     )
     tags = _top_tags(clf.predict_proba(files), clf.classes_, args.top_k)
+    # (file, window start in seconds or None for the whole file, tags)
+    rows = [(f, None, t) for f, t in zip(files, tags)]
+    if args.window_hop is not None:  # each file's windows after the file
+        windows, starts = clf.predict_proba_windows(files)
+        by_file = [
+            [
+                (f, float(s), t)
+                for s, t in zip(st, _top_tags(p, clf.classes_, args.top_k))
+            ]
+            for f, p, st in zip(files, windows, starts)
+        ]
+        rows = [r for row, more in zip(rows, by_file) for r in (row, *more)]
     if out is None:
-        for f, file_tags in zip(files, tags):
-            print(f)
+        for f, start, file_tags in rows:
+            print(f if start is None else f"  window at {start:.2f} s")
+            indent = "  " if start is None else "    "
             for label, score in file_tags:
-                print(f"  {score:.3f}  {label}")
+                print(f"{indent}{score:.3f}  {label}")
         return 0
     if out.suffix.lower() == ".json":
         import json
 
-        records = [
-            {"file": f, "tags": [{"label": lb, "score": s} for lb, s in t]}
-            for f, t in zip(files, tags)
-        ]
+        def tag_list(t):
+            return [{"label": lb, "score": s} for lb, s in t]
+
+        records = []
+        for f, start, t in rows:
+            if start is None:
+                records.append({"file": f, "tags": tag_list(t)})
+            else:
+                window = {"start": start, "tags": tag_list(t)}
+                records[-1].setdefault("windows", []).append(window)
         out.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     else:
         import numpy as np
 
-        rows = [
-            np.array([rank, label, score], dtype=object)
-            for t in tags
+        columns = ["rank", "label", "score"]
+        if args.window_hop is not None:
+            columns = ["start", *columns]
+        table = [
+            np.array(
+                ([] if args.window_hop is None else ["" if start is None else start])
+                + [rank, label, score],
+                dtype=object,
+            )
+            for _, start, t in rows
             for rank, (label, score) in enumerate(t, 1)
         ]
-        names = [f for f, t in zip(files, tags) for _ in t]
-        _write_table(out, names, rows, ["rank", "label", "score"])
+        names = [f for f, _, t in rows for _ in t]
+        _write_table(out, names, table, columns)
     print(f"wrote the top {args.top_k} tags of {len(files)} files to {out}")
     return 0
 
@@ -518,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="S",
-        help="tag files longer than one window by windows every S seconds, "
-        "a file's scores aggregated over its windows (default: the first window)",
+        help="tag files longer than one window by windows every S seconds: a "
+        "file's scores aggregate its windows', and each window's tags follow "
+        "(default: a file's first window only)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     device_args(p)

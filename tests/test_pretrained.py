@@ -302,10 +302,41 @@ def test_tag_window_hop_aggregates_the_windows(single_dir, wav_folder, capsys):
     files = sorted(wav_folder.glob("*.wav"))
     windowed = expected_tags(single_dir, files, 5, window_hop=0.2)
     assert windowed != expected_tags(single_dir, files, 5)  # the long clip
+    clf = ASTClassifier.from_pretrained(single_dir, device="cpu", window_hop=0.2)
+    per_window, starts = clf.predict_proba_windows([str(f) for f in files])
     expected = []
-    for f, tags in zip(files, windowed):
+    for f, tags, p, st in zip(files, windowed, per_window, starts):
         expected += [str(f)] + [f"  {s:.3f}  {label}" for label, s in tags]
+        for start, row in zip(st, p):
+            expected.append(f"  window at {start:.2f} s")
+            best = np.argsort(-row, kind="stable")[:5]
+            expected += [f"    {row[j]:.3f}  {clf.classes_[j]}" for j in best]
     assert lines == expected
+    assert sum(len(st) for st in starts) > len(files)  # the long clip: windows
+
+
+def test_tag_window_hop_writes_windows_to_json_and_csv(
+    single_dir, wav_folder, tmp_path
+):
+    import csv
+    import json
+
+    files = sorted(wav_folder.glob("*.wav"))
+    clf = ASTClassifier.from_pretrained(single_dir, device="cpu", window_hop=0.2)
+    per_window, starts = clf.predict_proba_windows([str(f) for f in files])
+    args = [wav_folder, "--checkpoint", single_dir, "--window-hop", 0.2, "--top-k", 2]
+    assert tag(*args, "-o", tmp_path / "t.json") == 0
+    records = json.loads((tmp_path / "t.json").read_text())
+    assert [r["file"] for r in records] == [str(f) for f in files]
+    for r, st in zip(records, starts):
+        assert [w["start"] for w in r["windows"]] == pytest.approx(st.tolist())
+        assert all(len(w["tags"]) == 2 for w in r["windows"])
+    assert tag(*args, "-o", tmp_path / "t.csv") == 0
+    with open(tmp_path / "t.csv", newline="") as fh:
+        table = list(csv.reader(fh))
+    assert table[0] == ["file", "start", "rank", "label", "score"]
+    n_windows = sum(len(st) for st in starts)
+    assert len(table) == 1 + 2 * (len(files) + n_windows)
 
 
 def test_tag_writes_csv_and_json(multi_dir, wav_folder, tmp_path, capsys):
