@@ -175,7 +175,9 @@ def cmd_embed(args) -> int:
     ):
         raise UsageError("--per-window needs --window-hop and a .csv or .parquet -o")
     if args.model is not None:
-        featurizer = _saved_featurizer(args)
+        featurizer = _saved_model(
+            args, "ASTFeaturizer", _EMBED_MODEL, verbose=not args.quiet
+        )
     else:
         featurizer = ASTFeaturizer(
             args.checkpoint,
@@ -213,15 +215,19 @@ def cmd_tag(args) -> int:
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     files = _audio_files(args.inputs)  # before loading the model, not after
-    clf = ASTClassifier.from_pretrained(
-        args.checkpoint,
-        max_length=args.max_length,
-        window_hop=args.window_hop,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        verbose=not args.quiet and len(files) > args.batch_size,  # a long list
-    )
+    verbose = not args.quiet and len(files) > args.batch_size  # a long list
+    if args.model is not None:
+        clf = _saved_model(args, "ASTClassifier", _TAG_MODEL, verbose=verbose)
+    else:
+        clf = ASTClassifier.from_pretrained(
+            args.checkpoint,
+            max_length=args.max_length,
+            window_hop=args.window_hop,
+            batch_size=args.batch_size,
+            device=args.device,
+            num_workers=args.num_workers,
+            verbose=verbose,
+        )
     tags = _top_tags(clf.predict_proba(files), clf.classes_, args.top_k)
     # (file, window start in seconds or None for the whole file, tags)
     rows = [(f, None, t) for f, t in zip(files, tags)]
@@ -300,12 +306,18 @@ _EMBED_MODEL = {
 }
 
 
-def _saved_featurizer(args):
-    """The fitted ASTFeaturizer of ``--model DIR`` (``skast.load``, no
-    unpickling), with this run's batch size, workers and progress bar."""
+# tag's model settings and their defaults, which --model DIR brings instead
+_TAG_MODEL = {"checkpoint": CHECKPOINT, "max_length": None, "device": None}
+
+
+def _saved_model(args, kind: str, settings: dict, *, verbose: bool):
+    """The fitted ``kind`` (ASTFeaturizer or ASTClassifier) of ``--model DIR``
+    (``skast.load``, no unpickling), with this run's window hop (when given),
+    batch size, workers and progress bar. ``settings`` (name -> default) are
+    what a saved model brings: giving one of them too is a usage error."""
     given = [
         f"--{name.replace('_', '-')}"
-        for name, default in _EMBED_MODEL.items()
+        for name, default in settings.items()
         if getattr(args, name) != default
     ]
     if given:
@@ -314,22 +326,17 @@ def _saved_featurizer(args):
         )
     if not Path(args.model).is_dir():
         raise UsageError(
-            f"--model takes a directory written by ASTFeaturizer.save, got '{args.model}'"
+            f"--model takes a directory written by {kind}.save, got '{args.model}'"
         )
     import skast
 
-    featurizer = skast.load(args.model)
-    if not isinstance(featurizer, skast.ASTFeaturizer):
-        raise ValueError(
-            f"'{args.model}' holds a {type(featurizer).__name__}, not an "
-            "ASTFeaturizer; 'skast predict' runs a classifier"
-        )
-    if args.window_hop is not None:  # else the saved featurizer's own
-        featurizer.set_params(window_hop=args.window_hop)
-    return featurizer.set_params(
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        verbose=not args.quiet,
+    est = skast.load(args.model)
+    if type(est).__name__ != kind:
+        raise ValueError(f"'{args.model}' holds a {type(est).__name__}, not an {kind}")
+    if args.window_hop is not None:  # else the saved model's own
+        est.set_params(window_hop=args.window_hop)
+    return est.set_params(
+        batch_size=args.batch_size, num_workers=args.num_workers, verbose=verbose
     )
 
 
@@ -522,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS")
     p.add_argument(
         "--checkpoint",
-        default=CHECKPOINT,
+        default=_TAG_MODEL["checkpoint"],
         help="hub id, Hugging Face directory or original .pth, with its head "
         f"(default {CHECKPOINT})",
     )
@@ -547,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tag files longer than one window by windows every S seconds: a "
         "file's scores aggregate its windows', and each window's tags follow "
         "(default: a file's first window only)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="a fitted classifier saved with ASTClassifier.save (read without "
+        "running code; skast finetune -o DIR writes one), instead of --checkpoint",
     )
     p.add_argument("--batch-size", type=int, default=16)
     device_args(p)

@@ -112,6 +112,34 @@ def test_embed_with_a_saved_featurizer(folder, tiny_checkpoint, tmp_path, capsys
     assert "not an ASTFeaturizer" in capsys.readouterr().err
 
 
+def test_tag_with_a_saved_classifier(folder, tmp_path, capsys):
+    """--model DIR: a classifier saved with ``save`` tags with its own head."""
+    files = sorted(str(p) for p in folder.rglob("*.wav"))
+    clf = ASTClassifier(model_config=FAST, device="cpu", max_epochs=1).fit(
+        files, ["high"] * 4 + ["low"] * 4
+    )
+    clf.save(tmp_path / "clf")
+    capsys.readouterr()
+    assert (
+        main(
+            ["tag", *files[:2], "--model", str(tmp_path / "clf"), "--top-k", "1", "-q"]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    proba = clf.predict_proba(files[:2])
+    best = [clf.classes_[j] for j in proba.argmax(1)]
+    assert lines == [
+        files[0],
+        f"  {proba[0].max():.3f}  {best[0]}",
+        files[1],
+        f"  {proba[1].max():.3f}  {best[1]}",
+    ]
+    args = ["tag", files[0], "--model", str(tmp_path / "clf")]
+    assert main([*args, "--checkpoint", "x"]) == 2
+    assert "drop --checkpoint" in capsys.readouterr().err
+
+
 def test_embed_writes_npy_and_csv(folder, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "emb.npy"
     args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "-q"]
