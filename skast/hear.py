@@ -139,7 +139,9 @@ def load_model(model_file_path: str = "", **kwargs) -> HEARModel:
         ``layer`` (which state the embeddings come from), ``device``,
         ``precision``, ``batch_size``, ``max_length``, ``normalize`` (a preset
         or a pair: there are no clips to fit statistics on), ``window_hop``
-        (the scene embeddings of sounds longer than one window) and any
+        (the scene embeddings of sounds longer than one window: the mean of
+        windows every ``window_hop`` seconds; by default one window's length,
+        windows side by side; ``None`` keeps the first window only) and any
         other parameter the featurizer has, passed to it as they are.
 
     Returns
@@ -185,6 +187,9 @@ def load_model(model_file_path: str = "", **kwargs) -> HEARModel:
         )
     # fit loads the encoder; it reads no clip with a fixed normalisation
     featurizer.fit(np.zeros((1, SAMPLE_RATE), dtype=np.float32))
+    if "window_hop" not in kwargs:  # scene embeddings: windows past one window
+        window_seconds = featurizer.model_.config.max_length * FRAME_SHIFT / SAMPLE_RATE
+        featurizer.set_params(window_hop=window_seconds)
     return HEARModel(featurizer)
 
 
@@ -217,8 +222,9 @@ def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
         float32, on ``audio``'s device: ``model.featurizer.transform`` of the
         rows (the encoder's state at ``layer`` pooled as ``pooling`` says;
         sounds longer than one window, ``max_length`` frames, as the
-        featurizer treats them: cut to their first window, or the mean of
-        their windows with the featurizer's ``window_hop``).
+        featurizer treats them: the mean of their windows, every
+        ``window_hop`` seconds, or their first window with
+        ``window_hop=None``).
 
     Examples
     --------

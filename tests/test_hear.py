@@ -153,6 +153,23 @@ def test_scene_embeddings_are_the_featurizers_transform(model):
     assert_array_equal(model(audio).numpy(), scene.numpy())
 
 
+def test_scene_embeddings_past_one_window_are_the_mean_of_windows(model, checkpoint):
+    audio = noise(2, 3.0)  # TINY's 64 frames are 0.64 s: several windows
+    hop = model.featurizer.model_.config.max_length / 100  # one window, in s
+    assert model.featurizer.window_hop == hop
+    windows, starts = model.featurizer.transform_windows(audio)
+    assert all(len(w) > 1 for w in windows)
+    assert starts[0][1] == pytest.approx(hop)  # side by side
+    scene = hear.get_scene_embeddings(audio, model).numpy()
+    np.testing.assert_allclose(scene, np.stack([w.mean(0) for w in windows]), atol=1e-6)
+    first = hear.load_model(str(checkpoint), device="cpu", window_hop=None)
+    assert first.featurizer.window_hop is None  # the first window only
+    np.testing.assert_array_equal(
+        hear.get_scene_embeddings(audio, first).numpy(),
+        first.featurizer.transform(audio[:, : 64 * 160 + 240]),
+    )
+
+
 def test_scene_embeddings_of_float64_audio(model):
     audio = noise(2, 0.5)
     scene = hear.get_scene_embeddings(audio.double(), model)
@@ -234,6 +251,9 @@ def test_columns_at_the_layer_chosen(checkpoint, layer):
     assert_allclose(emb.numpy(), column_means(model, torch.cat(seen), layer), **TOL)
 
 
+ONE_WINDOW = (TINY["max_length"] - 1) * 160 + 400  # samples of max_length frames
+
+
 def test_long_audio_concatenates_windows(model):
     # 2 s: 198 frames, 20 columns, windows starting at frames 0, 50, 100, 150
     audio = noise(2, 2.0, seed=2)
@@ -243,7 +263,9 @@ def test_long_audio_concatenates_windows(model):
         # window w equals transform's input of the audio cut at its start
         seen, handle = patch_inputs(model)
         try:
-            model.featurizer.transform(audio[:, w * HOP * FRAME :])
+            # one window's samples: the featurizer windows longer audio
+            start = w * HOP * FRAME
+            model.featurizer.transform(audio[:, start : start + ONE_WINDOW])
         finally:
             handle.remove()
         expected = column_means(model, torch.cat(seen))
