@@ -1,6 +1,7 @@
 """ASTClassifier.from_pretrained: a published head used as it is, equal to
 transformers' audio-classification pipeline, and fitted like any classifier."""
 
+import inspect
 import pickle
 
 import numpy as np
@@ -68,13 +69,19 @@ def clips(seconds=(0.3, 0.64, 1.5), seed=0):
 def pipeline_scores(path, X, labels, function):
     """transformers' pipeline scores of every label, in the order of ``labels``."""
     pipe = transformers.pipeline("audio-classification", model=str(path), device="cpu")
+    kwargs = {"function_to_apply": function}
+    if (
+        "function_to_apply"
+        not in inspect.signature(pipe._sanitize_parameters).parameters
+    ):
+        # older transformers: the pipeline has only its softmax, and would
+        # ignore the argument silently
+        if function != "softmax":
+            pytest.skip(f"this transformers' pipeline has no {function!r}")
+        kwargs = {}
     out = []
     for clip in X:
-        ranked = pipe(
-            {"raw": clip, "sampling_rate": SAMPLE_RATE},
-            top_k=None,
-            function_to_apply=function,
-        )
+        ranked = pipe({"raw": clip, "sampling_rate": SAMPLE_RATE}, top_k=None, **kwargs)
         scores = {d["label"]: d["score"] for d in ranked}
         assert sorted(scores) == sorted(labels)
         out.append([scores[label] for label in labels])
