@@ -12,6 +12,10 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 
 from skast._model import PatchEmbed
 
+# the original AST code (tests/reference/README.md) is imported by
+# test_original.py, not collected: --doctest-modules would import it alone
+collect_ignore_glob = ["reference/*"]
+
 # The tests' tiny AST (``ASTConfig`` / ``model_config`` fields), random weights:
 # TINY has the published checkpoints' overlapping 10x10 strides (12 x 5 = 60
 # patches of 16x16 at 64 frames), FAST non-overlapping 16x16 patches (8 x 4 =
