@@ -190,7 +190,13 @@ class ASTBase(BaseEstimator):
         return windows if long_clip or always else None
 
     def _iter_features(
-        self, audio, *, desc: str, normalized: bool = True, windows=None
+        self,
+        audio,
+        *,
+        desc: str | None,
+        normalized: bool = True,
+        windows=None,
+        batches=None,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Yield ``(indices, log-mel (B, max_length, n_mels))`` on the device,
         in order, ``batch_size`` clips at a time; normalised unless told not.
@@ -200,11 +206,15 @@ class ASTBase(BaseEstimator):
         that preparing the next batch overlaps the device's work on this one.
         Float32 clips are read in place, not copied first: the padding is
         their only copy. With ``windows`` (see :meth:`_windows`), the items
-        and indices are the windows.
+        and indices are the windows. With ``batches`` (lists of item
+        positions), those batches in that order (a training epoch's); with
+        ``desc=None``, no progress bar.
         """
         device = torch.device(self.device_)
         config = self.model_.config
-        batches = _batches.load_batches(
+        if batches is not None:
+            batches = [list(b) for b in batches]
+        loaded = _batches.load_batches(
             audio,
             sample_rate=self.sample_rate,
             batch_size=self.batch_size,
@@ -213,14 +223,17 @@ class ASTBase(BaseEstimator):
             pin_memory=device.type == "cuda",
             copy=False,
             windows=windows,
+            batches=batches,
         )
-        total = len(audio) if windows is None else len(windows)
+        if batches is not None:
+            total = sum(len(b) for b in batches)
+        else:
+            total = len(audio) if windows is None else len(windows)
         unit = "clip" if windows is None else "window"
-        bar = progress_bar(
-            total=total, enabled=bool(self.verbose), desc=desc, unit=unit
-        )
+        enabled = bool(self.verbose) and desc is not None
+        bar = progress_bar(total=total, enabled=enabled, desc=desc, unit=unit)
         with bar:
-            for batch in batches:
+            for batch in loaded:
                 feats = _features.fbank(
                     batch.to(device),
                     max_length=config.max_length,

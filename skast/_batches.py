@@ -280,6 +280,7 @@ def load_batches(
     pin_memory=False,
     copy=True,
     windows=None,
+    batches=None,
 ):
     """Yield the loaded clips (or windows) in order, as padded :class:`Batch` objects.
 
@@ -315,6 +316,11 @@ def load_batches(
         Yield these windows of the clips instead of the clips (see
         :class:`WindowDataset`; needs ``max_length``): each window is a batch
         item, ``batch_size`` windows a batch, across clips.
+    batches : iterable of sequences of int, default=None
+        The items of each batch, in this order (a training epoch's shuffled
+        order cut into batches), instead of ``batch_size`` items at a time in
+        input order; ``batch_size`` is then unused. Only these items are
+        loaded.
 
     Yields
     ------
@@ -334,16 +340,22 @@ def load_batches(
     >>> batch = next(load_batches(audio, sample_rate=8000, batch_size=5))
     >>> batch.waves.shape  # 800 samples at 16 kHz: 3 frames, which read 720
     torch.Size([5, 720])
+    >>> batches = load_batches(audio, sample_rate=16000, batch_size=2, batches=[[4, 0], [2]])
+    >>> [batch.indices for batch in batches]
+    [[4, 0], [2]]
     """
     if windows is None:
         dataset = AudioDataset(audio_input, sample_rate, copy=copy)
     else:
         dataset = WindowDataset(audio_input, windows, max_length, sample_rate, copy)
     in_workers = num_workers > 0
+    if batches is None:
+        sampling = {"batch_size": batch_size, "shuffle": False}
+    else:
+        sampling = {"batch_sampler": [[int(i) for i in b] for b in batches]}
     loader = torch.utils.data.DataLoader(
         _WorkerDataset(dataset) if in_workers else dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        **sampling,
         num_workers=num_workers,
         # workers pad into ordinary memory (a worker process must not touch
         # CUDA); the DataLoader then pins their batches in the main process

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import warnings
 from numbers import Integral, Real
@@ -22,6 +24,7 @@ from skast._runtime import resolve_device
 from skast._targets import class_weights, encode_targets, equal
 from skast._training import (
     TrainingConfig,
+    TrainingData,
     derive_seed,
     forked_rng,
     seed_torch,
@@ -294,11 +297,12 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
     time-shift augmentation, and the BCE loss the original uses for Speech
     Commands (single-label ``y`` trains with cross-entropy here).
 
-    **Features and augmentation.** The normalised log-mel features of all
-    training clips are computed once per ``fit`` and kept on the CPU
-    (``n_clips * max_length * 128`` float32 values: 420 MB for ESC-50's 1600
-    training clips at 512 frames). Each batch is moved to the device, then
-    mixed up and masked there. The original mixes *waveforms* and computes
+    **Features and augmentation.** Training streams: each batch of an
+    epoch's order is decoded when it is reached (in ``num_workers``
+    DataLoader workers for files), and its normalised log-mel features are
+    computed on the training device, then mixed up and masked there, so host
+    memory does not grow with the number of clips and every epoch sees fresh
+    augmentation, as the original's DataLoader does. The original mixes *waveforms* and computes
     the features of the mix; here the normalised features are mixed, which
     is not the same as mixing the sounds (a known departure from the
     recipe). As in the original, SpecAugment masks the mix, with the value a
@@ -321,7 +325,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
 
     **What a fitted estimator keeps.** The weights (pickled as CPU tensors;
     loaded where its device is missing, it runs on the CPU with a warning),
-    not the training features nor, after ``fit``, the optimizer. After
+    not the training clips nor, after ``fit``, the optimizer. After
     ``partial_fit`` the optimizer's state (Adam's two moments, twice the size
     of the trainable weights), the schedule and the step count are kept, so
     that the next call goes on; ``fit`` drops them.
@@ -640,11 +644,12 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         keeps_head = keeps_model and self._has_head_for(targets)
         class_weight = class_weights(self.class_weight, targets)
         device = _training_device(self.device)
-        with forked_rng(device):
+        # clips are decoded as training reaches them: one that fails to load
+        # restores a kept model's weights (the rest is _rollback_on_error's)
+        kept = _kept_model(self.model_) if keeps_model else None
+        with forked_rng(device), _restored_on_error(self, kept):
             self._prepare(audio, keep_model=keeps_model)
-            # before the head is reset: a clip that fails to load leaves a
-            # warm-started model as it was (no randomness is drawn here)
-            features, values = self._compute_features(audio, targets.values)
+            data = self._training_data(audio, targets.values)
             if not keeps_head:
                 self._new_head(targets.classes, device)
             if not (keeps_head and targets.multilabel):  # labels' names stay
@@ -655,7 +660,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             config = self._training_config(device)
             state = self.__dict__.get("_partial_state") if incremental else None
             result = train(
-                self.model_, features, values, config, self.history_,
+                self.model_, data, config, self.history_,
                 class_weight=class_weight, optimizer_state=state, incremental=incremental,
             )  # fmt: skip
         self._keep_training_result(result, incremental)
@@ -776,22 +781,17 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
     def _init_seed(self) -> int:
         return self._seed
 
-    def _compute_features(self, audio, values) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised log-mel features of every clip, once, on the CPU, and
-        the clips' targets ``values``; with ``window_hop``, of every window,
-        each with its clip's target."""
+    def _training_data(self, audio, values) -> TrainingData:
+        """The fit's items, streamed (:class:`skast._training.TrainingData`):
+        the clips with their targets ``values``, or with ``window_hop`` every
+        window of the clips, each with its clip's target."""
         windows = self._windows(audio)
-        n = len(audio) if windows is None else len(windows)
-        out = None
-        with torch.no_grad():
-            batches = self._iter_features(audio, desc="features", windows=windows)
-            for indices, feats in batches:
-                if out is None:
-                    out = torch.empty((n, *feats.shape[1:]))
-                out[torch.as_tensor(indices)] = feats.float().cpu()
         if windows is not None:
             values = values[torch.tensor([clip for clip, _ in windows])]
-        return out, values
+        features = functools.partial(
+            self._iter_features, audio, desc=None, windows=windows
+        )
+        return TrainingData(values, lambda batches: features(batches=batches))
 
     # ------------------------------------------------------------------ export
 
@@ -885,6 +885,31 @@ def _check_averaging(params, early_stopping, incremental) -> None:
             "ends with either the mean of a range of epochs' weights or the "
             "best validation epoch's; set one of them"
         )
+
+
+def _kept_model(model) -> tuple:
+    """What restores ``model`` in place after a failed fit: its config, its
+    head module (a new head replaces it) and a host copy of its parameters
+    and buffers (read directly: no state-dict hooks run)."""
+    tensors = (*model.named_parameters(), *model.named_buffers())
+    return model.config, model.head, {k: v.detach().cpu().clone() for k, v in tensors}
+
+
+@contextlib.contextmanager
+def _restored_on_error(est, kept):
+    """Put ``kept`` (see :func:`_kept_model`) back into ``est.model_`` when
+    the block raises; a KeyboardInterrupt during training is a stop, not an
+    error (:class:`skast._stopping.Interrupt`), and keeps the trained weights."""
+    try:
+        yield
+    except BaseException:
+        if kept is not None:
+            model = est.model_
+            model.config, model.head, saved = kept
+            with torch.no_grad():
+                for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+                    tensor.copy_(saved[name])
+        raise
 
 
 def _training_device(spec) -> torch.device:

@@ -4,9 +4,11 @@ The AST paper's recipe (reference/ast.md 2.5-2.6): Adam with weight decay
 5e-7 and betas (0.95, 0.999), an optional step warm-up, a ``MultiStepLR``
 decay stepped once per epoch, SpecAugment and mixup (:mod:`skast._augment`),
 and for AudioSet the balanced sampler (:func:`skast._targets.balanced_sample`)
-and weight averaging (:class:`skast._stopping.WeightAverage`). The features
-are computed once per fit by the estimator and kept on the CPU; each batch is
-moved to the device and augmented there.
+and weight averaging (:class:`skast._stopping.WeightAverage`). The data
+streams (:class:`TrainingData`): each batch of an epoch's order is decoded,
+turned into normalised log-mel features on the training device and augmented
+there as it is needed, so host memory does not grow with the number of clips
+and each epoch sees fresh augmentation, as the original's DataLoader does.
 
 :func:`train` is the whole loop, as scikit-learn's ``_fit_stochastic`` of
 the MLP is: epochs, validation, early stopping
@@ -18,9 +20,10 @@ Ctrl-C (:class:`skast._stopping.Interrupt`), freezing
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +45,7 @@ from skast._targets import balanced_sample
 __all__ = [
     "Trainer",
     "TrainingConfig",
+    "TrainingData",
     "TrainingResult",
     "derive_seed",
     "forked_rng",
@@ -127,6 +131,48 @@ class TrainingConfig:
             values["weight_averaging"] = tuple(values["weight_averaging"])
         values["verbose"] = bool(values["verbose"])
         return cls(**values, **decided)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The items a fit trains on (clips, or the windows of clips), streamed.
+
+    ``features(batches)`` yields ``(indices, x)`` for each list of item
+    positions in ``batches``, in that order: ``x`` the normalised log-mel
+    features of those items on the training device, computed when the batch
+    is reached (its clips decoded then, in DataLoader workers for files), so
+    that no more than a batch or two of features exist at a time.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._training import TrainingData
+    >>> feats = torch.arange(5.0)[:, None]
+    >>> data = TrainingData(
+    ...     targets=torch.tensor([0, 1, 0, 1, 1]),
+    ...     features=lambda batches: ((b, feats[b]) for b in batches),
+    ... )
+    >>> [(idx, x.ravel().tolist()) for idx, x in data.batches(torch.tensor([3, 0, 4]), 2)]
+    [([3, 0], [3.0, 0.0]), ([4], [4.0])]
+    """
+
+    #: each item's target: a class index (single-label) or an indicator row
+    targets: torch.Tensor
+    features: Callable[[list[list[int]]], Iterable[tuple[Sequence[int], torch.Tensor]]]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int
+    ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
+        """The items at ``order``, ``batch_size`` at a time."""
+        order = order.tolist()
+        chunks = [
+            order[start : start + batch_size]
+            for start in range(0, len(order), batch_size)
+        ]
+        return iter(self.features(chunks))
 
 
 # --------------------------------------------------------------------------- losses
@@ -230,7 +276,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a copy: the optimizer would update the CPU tensors of ``state`` in
+        # place (load_state_dict keeps tensors already on the right device)
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -242,18 +290,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def run(self, features, targets, order, generator, progress, interrupt) -> None:
-        """Optimizer steps over the CPU ``features`` at ``order``, a batch at
+    def run(self, data: TrainingData, order, generator, progress, interrupt) -> None:
+        """Optimizer steps over the items of ``data`` at ``order``, a batch at
         a time, in training mode; stops after the batch during which an
-        interrupt is requested. ``targets`` are class indices (single-label)
-        or an indicator matrix."""
+        interrupt is requested."""
         config, device = self.config, self.device
         n_classes = self.model.config.num_labels
         with training_mode(self.model, config.freeze):
-            for start in range(0, len(order), config.batch_size):
-                idx = order[start : start + config.batch_size]
-                x = features[idx].to(device, non_blocking=True)
-                t = targets[idx].to(device, non_blocking=True)
+            for idx, x in data.batches(order, config.batch_size):
+                t = data.targets[list(idx)].to(device, non_blocking=True)
                 t = _dense(t, n_classes, config.multilabel)
                 x, t = self.augment(x, t, generator)
                 progress.add(self.step(x, t), len(idx))
@@ -320,26 +365,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
 
-    def validate(self, features, targets, indices) -> tuple[float, float]:
-        """``(loss, score)`` of the clips at ``indices``, from their eval-mode
+    def validate(self, data: TrainingData, indices) -> tuple[float, float]:
+        """``(loss, score)`` of the items at ``indices``, from their eval-mode
         float32 logits through the one evaluation loop."""
-        size, multilabel = self.config.batch_size, self.config.multilabel
-        batches = (
-            (
-                range(start, min(start + size, len(indices))),
-                features[indices[start : start + size]].to(self.device),
-            )
-            for start in range(0, len(indices), size)
-        )
+        multilabel = self.config.multilabel
+
+        def batches():  # rows of the logits, in the order of ``indices``
+            start = 0
+            for idx, x in data.batches(indices, self.config.batch_size):
+                yield range(start, start + len(idx)), x
+                start += len(idx)
+
         logits = evaluate(
             self.model,
             self.model,
-            batches,
+            batches(),
             len(indices),
             device=self.device,
             dtype=self.config.autocast_dtype,
         )
-        logits, truth = torch.from_numpy(logits), targets[indices]
+        logits, truth = torch.from_numpy(logits), data.targets[indices]
         cw = None if self.class_weight is None else self.class_weight.cpu()
         t = _dense(truth, logits.shape[1], multilabel)
         loss = float(self.loss_fn(logits, t, cw))
@@ -370,8 +415,7 @@ class TrainingResult:
 
 def train(
     model,
-    features: torch.Tensor,
-    targets: torch.Tensor,
+    data: TrainingData,
     config: TrainingConfig,
     history: list,
     *,
@@ -379,7 +423,7 @@ def train(
     optimizer_state: dict | None = None,
     incremental: bool = False,
 ) -> TrainingResult:
-    """Train ``model`` on the CPU ``features``; append a record per epoch
+    """Train ``model`` on the items of ``data``; append a record per epoch
     to ``history``.
 
     ``max_epochs`` epochs (one if ``incremental``, going on from
@@ -402,14 +446,12 @@ def train(
         train_idx = valid_idx = stopping = None
         if validate:
             train_idx, valid_idx = split(
-                targets, config.validation_fraction, config.multilabel, config.seed
+                data.targets, config.validation_fraction, config.multilabel, config.seed
             )
             stopping = EarlyStopping(config.tol, config.n_iter_no_change)
         for fit_epoch in range(1, 2 if incremental else config.max_epochs + 1):
             epoch = len(history) + 1
-            record = _epoch(
-                trainer, features, targets, train_idx, valid_idx, epoch, interrupt
-            )
+            record = _epoch(trainer, data, train_idx, valid_idx, epoch, interrupt)
             if record is None:  # interrupted before a batch was done
                 break
             done = False
@@ -431,21 +473,19 @@ def train(
     return TrainingResult(interrupt.requested, stopping, average, state)
 
 
-def _epoch(
-    trainer, features, targets, train_idx, valid_idx, epoch, interrupt
-) -> dict | None:
+def _epoch(trainer, data, train_idx, valid_idx, epoch, interrupt) -> dict | None:
     """One epoch and its validation: its history record, or None if it was
     interrupted before a batch was done."""
     config = trainer.config
     seed = derive_seed(config.seed, EPOCH_SEED, epoch)
     seed_torch(seed, config.device)  # dropout
     generator = torch.Generator().manual_seed(seed)  # order, augmentation
-    clips = torch.arange(len(features)) if train_idx is None else train_idx
+    clips = torch.arange(len(data)) if train_idx is None else train_idx
     if config.sampler == "balanced":
         draw = torch.Generator().manual_seed(
             derive_seed(config.seed, SAMPLER_SEED, epoch)
         )
-        order = clips[balanced_sample(targets[clips], len(clips), draw)]
+        order = clips[balanced_sample(data.targets[clips], len(clips), draw)]
     else:
         order = clips[torch.randperm(len(clips), generator=generator)]
     record = {
@@ -460,12 +500,12 @@ def _epoch(
     start = time.perf_counter()
     with interrupt.caught():
         with progress:
-            trainer.run(features, targets, order, generator, progress, interrupt)
+            trainer.run(data, order, generator, progress, interrupt)
         record["learning_rate"] = trainer.lr
         if not interrupt.requested:
             trainer.scheduler.step()  # once per epoch, as the original
             if valid_idx is not None:
-                loss, score = trainer.validate(features, targets, valid_idx)
+                loss, score = trainer.validate(data, valid_idx)
                 record.update(valid_loss=loss, valid_score=score)
     if not progress.seen:
         return None

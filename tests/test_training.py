@@ -39,7 +39,14 @@ from tqdm import TqdmWarning
 
 from skast._model import AST
 from skast._training import WARMUP_PERIOD, warmup_lr
-from tests._helpers import assert_unchanged, classifier, clips, featurizer, snapshot
+from tests._helpers import (
+    assert_unchanged,
+    classifier,
+    clips,
+    featurizer,
+    snapshot,
+    write,
+)
 from tests.test_classifier import make
 from tests.test_targets import assert_binomial, expected_weights
 
@@ -212,7 +219,9 @@ def inputs_by_mode(store):
     return hook
 
 
-def test_features_once_per_fit(data):
+def test_features_streamed_once_per_epoch(data):
+    # the features are computed per batch as training reaches it (nothing is
+    # kept between epochs): one pass over the clips per epoch
     X, y = data
     fit_passes, predict_passes = FeaturePasses(), FeaturePasses()
     clf = make(max_epochs=3, batch_size=4)
@@ -221,7 +230,7 @@ def test_features_once_per_fit(data):
     with predict_passes:
         clf.predict(X)
     assert predict_passes.ffts > 0
-    assert fit_passes.ffts == predict_passes.ffts  # one pass over the clips
+    assert fit_passes.ffts == 3 * predict_passes.ffts
 
 
 def test_spec_augment_masks_with_log_mel_zero_while_training(data):
@@ -704,10 +713,11 @@ def test_oom_on_a_single_clip_in_fit_leaves_the_estimator(oom):
 
 
 def test_interrupted_feature_extraction_keeps_the_fitted_model():
-    """Ctrl-C before the epochs (while the features are computed) raises
-    KeyboardInterrupt, and the estimator keeps its previous fit."""
+    """Ctrl-C before the epochs (while the normalisation's statistics are
+    computed) raises KeyboardInterrupt, and the estimator keeps its previous
+    fit."""
     X = clips(8)
-    clf = classifier(max_epochs=1).fit(X, LABELS)
+    clf = classifier(max_epochs=1, normalize="fit").fit(X, LABELS)
     est = featurizer(normalize="fit").fit(X)
     proba = clf.predict_proba(X)
     snaps = snapshot(clf), snapshot(est)
@@ -734,3 +744,34 @@ def test_interrupted_first_batch_gives_a_usable_model():
     assert clf.n_iter_ == 0 and clf.history_ == []
     proba = clf.predict_proba(X)
     assert proba.shape == (8, 2) and np.isfinite(proba).all()
+
+
+# ---------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_a_clip_failing_mid_epoch_restores_the_kept_model(how, tmp_path):
+    """Clips are decoded as training reaches them: a file whose header reads
+    but whose data does not fails after some optimizer steps, and a model
+    that was being trained in place gets its weights (and head) back."""
+    good, bad = (
+        write(tmp_path / "good.flac", clips(1, seconds=1)[0]),
+        tmp_path / "bad.flac",
+    )
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # data cut
+    X = [good] * 6 + [bad]
+    y = ["a", "b"] * 3 + ["a"]
+    clf = classifier(max_epochs=1, batch_size=2, random_state=0, warm_start=True)
+    clf.fit(X[:6], y[:6]) if how == "warm_start" else clf.partial_fit(
+        X[:6], y[:6], classes=["a", "b"]
+    )
+    snap = snapshot(clf)
+    steps = []
+    with optimizer_steps(pre=lambda opt, a, k: steps.append(1)):
+        with pytest.raises(ValueError, match=r"clip 6: cannot read audio file"):
+            if how == "warm_start":
+                clf.fit(X, y)
+            else:
+                clf.partial_fit(X, y)
+    assert steps  # the failure came after some steps had updated the model
+    assert_unchanged(clf, snap)
