@@ -18,7 +18,7 @@ from skast._base import ASTBase
 from skast._labels import guess_multilabel, head_labels
 from skast._predicting import ClassifierPredictions
 from skast._recipes import RECIPES
-from skast._runtime import resolve_device
+from skast._runtime import resolve_devices
 from skast._targets import class_weights, encode_targets, equal
 from skast._training import (
     TrainingConfig,
@@ -889,7 +889,13 @@ def _check_averaging(params, early_stopping, incremental) -> None:
 
 def _training_device(spec) -> torch.device:
     """The device to train on, with its index (the current CUDA device)."""
-    device = resolve_device(spec)
+    if isinstance(spec, (list, tuple)):
+        raise ValueError(
+            f"device={spec!r}: device lists are used for inference only in this "
+            "version; fit on one device (a fitted model predicts on several "
+            "after ASTClassifier.from_pretrained(..., device=[...]))"
+        )
+    device = resolve_devices(spec)[0]
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

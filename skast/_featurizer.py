@@ -337,9 +337,9 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
 
     def _embed_windows(self, audio, windows, desc: str = "embedding") -> np.ndarray:
         """The pooled hidden state of every window (every clip if ``None``)."""
-        model, layer, pooling = self.model_, self.layer, self.pooling
+        layer, pooling = self.layer, self.pooling
 
-        def embed(x):
+        def embed(model, x):
             return model.pool(model.forward_features(x, layer), pooling)
 
         return self._forward_batches(audio, embed, desc=desc, windows=windows)
