@@ -6,11 +6,12 @@ runs when ``device`` is a list. The calling thread reads the batches (the one
 :func:`skast._batches.load_batches`, whose workers decode files for every
 device) and deals them out in turn: batch ``i`` goes to device ``i mod N``,
 through a short queue per device. One thread per device computes its
-batches' features and runs :func:`skast._runtime.evaluate` with its replica,
-its own out-of-memory halving and its own CUDA stream, writing into one
-shared :class:`skast._runtime.Rows`: the output is in input order, and which
-device computes which clip does not depend on timing. torch releases the GIL
-in its kernels, so the threads' devices run at the same time.
+batches' features and runs :func:`skast._runtime.evaluate` with its replica
+and its own out-of-memory halving, on its device's current stream (a device
+listed twice shares it), writing into one shared :class:`skast._runtime.Rows`:
+the output is in input order, and which device computes which clip does not
+depend on timing. torch releases the GIL in its kernels, so the threads'
+devices run at the same time.
 
 :func:`replicas` makes the replicas: the model itself for the first device
 (where it is), copies for the others, kept (in a table keyed weakly by the

@@ -1,5 +1,5 @@
-"""Devices, precision, the evaluation loop with its out-of-memory fallback,
-progress bars and :class:`DeviceWarning`.
+"""Devices (one or a list), precision, the evaluation loop with its
+out-of-memory fallback, progress bars and :class:`DeviceWarning`.
 
 Small functions the estimators share; nothing here knows of scikit-learn.
 """
@@ -24,6 +24,7 @@ __all__ = [
     "DeviceWarning",
     "resolve_device",
     "resolve_devices",
+    "device_names",
     "resolve_autocast",
     "autocast",
     "device_on_load",

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
 import skast
@@ -282,6 +283,27 @@ def test_a_tuple_is_a_list_and_a_list_of_one_is_one_device(one):
     est = featurizer(batch_size=2, device=("cpu",)).fit(X)
     assert est.device_ == ["cpu"]
     assert_array_equal(est.transform(X), one.transform(X))
+    assert clone(est).device == ("cpu",)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cuda_devices_equal_one_cuda_device(precision):
+    n = torch.cuda.device_count()
+    devices = [f"cuda:{i}" for i in range(n)] if n > 1 else ["cuda:0"] * 2
+    kw = dict(batch_size=2, precision=precision)
+    one = featurizer(device="cuda:0", **kw).fit(X)
+    est = featurizer(device=devices, **kw).fit(X)
+    counter, handle = hooked(est)
+    try:
+        got = est.transform(X)
+    finally:
+        handle.remove()
+    # the same batches through the same kernels on devices of one kind
+    assert_allclose(got, one.transform(X), **TOL)
+    assert len(counter.by_module) == len(devices)
+    on = {next(m.parameters()).device for m in counter.by_module}
+    assert on == {torch.device(d) for d in devices}
 
 
 def test_fitting_a_classifier_on_a_device_list_is_refused():
