@@ -8,12 +8,13 @@ and :meth:`ASTBase._forward_batches`: ``X`` (validated by
 (one asynchronous copy) -> :func:`skast._features.fbank` of the padded batch
 (``max_length`` frames) -> :func:`skast._features.normalize` -> :func:`skast._runtime.evaluate`
 of the model -> float32 numpy. One path for both estimators up to the pooled
-vector. With a list of devices, :func:`skast._replicas.evaluate_on_devices`
-deals the loaded batches out to one replica of the model per device, each
-computing its batches' features and outputs in a thread of its own. With ``window_hop``, the batch items are the windows of the clips
+vector. With ``window_hop``, the batch items are the windows of the clips
 (:func:`skast._batches.window_starts`), ``batch_size`` windows at a time
 across clips; :meth:`ASTBase._windows` places them and
-:func:`split_windows` hands each clip its windows' rows.
+:func:`split_windows` hands each clip its windows' rows. With a list of
+devices, :func:`skast._replicas.evaluate_on_devices` deals the loaded batches
+out to one replica of the model per device, each computing its batches'
+features and outputs in a thread of its own.
 """
 
 from __future__ import annotations
