@@ -59,9 +59,14 @@ class Batches:
         return [first, *others]
 
 
-def hooked(est):
+def counted_transform(est, X):
+    """``est.transform(X)`` and the :class:`Batches` of that call."""
     counter = Batches(est.model_)
-    return counter, est.model_.patch_embed.register_forward_hook(counter)
+    handle = est.model_.patch_embed.register_forward_hook(counter)
+    try:
+        return est.transform(X), counter
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("devices", [TWO, THREE])
@@ -69,11 +74,7 @@ def test_transform_equals_one_device_and_deals_batches_in_turn(one, devices):
     est = featurizer(batch_size=2, device=devices).fit(X)
     assert est.device_ == devices
     assert next(est.model_.parameters()).device == torch.device("cpu")
-    counter, handle = hooked(est)
-    try:
-        got = est.transform(X)
-    finally:
-        handle.remove()
+    got, counter = counted_transform(est, X)
     assert_allclose(got, one.transform(X), **TOL)
     sizes = [2] * 6 + [1]  # the batches, in order: batch i on replica i mod N
     dealt = [sizes[k :: len(devices)] for k in range(len(devices))]
@@ -84,19 +85,15 @@ def test_transform_equals_one_device_and_deals_batches_in_turn(one, devices):
 
 def test_the_replicas_are_kept_until_the_weights_change(one):
     est = featurizer(batch_size=2, device=TWO).fit(X)
-    counter, handle = hooked(est)
-    try:
-        est.transform(X)
-        est.transform(X)
-        assert len(counter.by_module) == 2  # the same copy both times
-        with torch.no_grad():  # in place: the copy must follow
-            est.model_.norm.weight.mul_(2.0)
-            one_changed = pickle.loads(pickle.dumps(one))
-            one_changed.model_.norm.weight.mul_(2.0)
-        got = est.transform(X)
-    finally:
-        handle.remove()
-    assert len(counter.by_module) == 3  # a new copy
+    _, first = counted_transform(est, X)
+    _, second = counted_transform(est, X)
+    assert first.by_module.keys() == second.by_module.keys()  # the same copy
+    with torch.no_grad():  # in place: the copy must follow
+        est.model_.norm.weight.mul_(2.0)
+        one_changed = pickle.loads(pickle.dumps(one))
+        one_changed.model_.norm.weight.mul_(2.0)
+    got, third = counted_transform(est, X)
+    assert len(third.by_module.keys() - first.by_module.keys()) == 1  # a new copy
     assert_allclose(got, one_changed.transform(X), **TOL)
     assert not np.allclose(got, one.transform(X), **TOL)
 
@@ -296,12 +293,8 @@ def test_cuda_devices_equal_one_cuda_device(precision):
     kw = dict(batch_size=2, precision=precision)
     one = featurizer(device="cuda:0", **kw).fit(X)
     est = featurizer(device=devices, **kw).fit(X)
-    counter, handle = hooked(est)
-    try:
-        got = est.transform(X)
-    finally:
-        handle.remove()
-    # the same batches through the same kernels on devices of one kind
+    got, counter = counted_transform(est, X)
+    # the same batches through the same kernels on GPUs of one model
     assert_allclose(got, one.transform(X), **TOL)
     assert len(counter.by_module) == len(devices)
     on = {next(m.parameters()).device for m in counter.by_module}
