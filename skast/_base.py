@@ -11,7 +11,10 @@ of the model -> float32 numpy. One path for both estimators up to the pooled
 vector. With ``window_hop``, the batch items are the windows of the clips
 (:func:`skast._batches.window_starts`), ``batch_size`` windows at a time
 across clips; :meth:`ASTBase._windows` places them and
-:func:`split_windows` hands each clip its windows' rows.
+:func:`split_windows` hands each clip its windows' rows. With a list of
+devices, :func:`skast._replicas.evaluate_on_devices` deals the loaded batches
+out to one replica of the model per device, each computing its batches'
+features and outputs in a thread of its own.
 """
 
 from __future__ import annotations
@@ -28,18 +31,19 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skast import _batches, _features
+from skast import _batches, _features, _replicas
 from skast._checkpoints import load_checkpoint
 from skast._decode import check_rate
 from skast._model import AST, ASTConfig
 from skast._recipes import NORM_STATS
 from skast._runtime import (
     PRECISIONS,
+    device_names,
     device_on_load,
     evaluate,
     progress_bar,
     resolve_autocast,
-    resolve_device,
+    resolve_devices,
 )
 
 __all__ = ["ASTBase", "resolve_normalization", "split_windows"]
@@ -61,7 +65,8 @@ class ASTBase(BaseEstimator):
         # True is an Integral too: _setup refuses booleans
         "sample_rate": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [None, str, torch.device],
+        # a list's entries are checked by resolve_devices
+        "device": [None, str, torch.device, list, tuple],
         "precision": [StrOptions(set(PRECISIONS))],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         # seconds; windows start on 10 ms frames, so a hop is at least one
@@ -92,8 +97,9 @@ class ASTBase(BaseEstimator):
         """
         normalization = self._resolve_normalization()
         check_rate(self.sample_rate)  # True passes Interval(Integral)
-        device = resolve_device(self.device)
-        self.device_ = str(device)
+        devices = resolve_devices(self.device)
+        self.device_ = device_names(self.device, devices)
+        device = devices[0]  # the model's; a list's others get replicas
         self._autocast = resolve_autocast(self.precision, device)
         if keep_model:
             self.model_.to(device)
@@ -198,8 +204,9 @@ class ASTBase(BaseEstimator):
         windows=None,
         batches=None,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """Yield ``(indices, log-mel (B, max_length, n_mels))`` on the device,
-        in order, ``batch_size`` clips at a time; normalised unless told not.
+        """Yield ``(indices, log-mel (B, max_length, n_mels))`` on the model's
+        device, in order, ``batch_size`` clips at a time; normalised unless
+        told not.
 
         Each batch is padded on the CPU as it is loaded (into page-locked
         memory for CUDA) and moves to the device in one asynchronous copy, so
@@ -210,59 +217,93 @@ class ASTBase(BaseEstimator):
         positions), those batches in that order (a training epoch's); with
         ``desc=None``, no progress bar.
         """
-        device = torch.device(self.device_)
-        config = self.model_.config
+        device = resolve_devices(self.device_)[0]
         if batches is not None:
             batches = [list(b) for b in batches]
-        loaded = _batches.load_batches(
+        with self._progress(audio, desc, windows, batches) as bar:
+            for batch in self._load_batches(audio, windows, device, batches):
+                yield self._batch_features(batch, device, normalized, bar)
+
+    def _load_batches(self, audio, windows, device: torch.device, batches=None):
+        """:func:`skast._batches.load_batches` of the clips (or ``windows``;
+        in ``batches`` if given), padded for ``device``."""
+        return _batches.load_batches(
             audio,
             sample_rate=self.sample_rate,
             batch_size=self.batch_size,
-            max_length=config.max_length,
+            max_length=self.model_.config.max_length,
             num_workers=self.num_workers,
             pin_memory=device.type == "cuda",
             copy=False,
             windows=windows,
             batches=batches,
         )
+
+    def _progress(self, audio, desc: str | None, windows, batches=None):
+        """The progress bar over the clips (or the windows, or the items of
+        ``batches``); none with ``desc=None``."""
         if batches is not None:
             total = sum(len(b) for b in batches)
         else:
             total = len(audio) if windows is None else len(windows)
         unit = "clip" if windows is None else "window"
         enabled = bool(self.verbose) and desc is not None
-        bar = progress_bar(total=total, enabled=enabled, desc=desc, unit=unit)
-        with bar:
-            for batch in loaded:
-                feats = _features.fbank(
-                    batch.to(device),
-                    max_length=config.max_length,
-                    num_mel_bins=config.num_mel_bins,
-                )
-                if normalized:
-                    feats = _features.normalize(feats, *self.normalization_)
-                bar.update(len(batch))
-                yield batch.indices, feats
+        return progress_bar(total=total, enabled=enabled, desc=desc, unit=unit)
+
+    def _batch_features(self, batch, device, normalized: bool = True, bar=None):
+        """``(indices, log-mel features)`` of one loaded batch, computed on
+        ``device``; normalised unless told not."""
+        config = self.model_.config
+        feats = _features.fbank(
+            batch.to(device),
+            max_length=config.max_length,
+            num_mel_bins=config.num_mel_bins,
+        )
+        if normalized:
+            feats = _features.normalize(feats, *self.normalization_)
+        if bar is not None:
+            bar.update(len(batch))
+        return batch.indices, feats
 
     def _forward_batches(
         self,
         audio,
-        fn: Callable[[torch.Tensor], torch.Tensor],
+        fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
         *,
         desc: str,
         windows=None,
     ) -> np.ndarray:
-        """:func:`skast._runtime.evaluate` of ``fn`` (normalised features ->
-        (B, k)) over every clip (every window with ``windows``): float32
-        numpy (n, k)."""
-        return evaluate(
-            self.model_,
-            fn,
-            self._iter_features(audio, desc=desc, windows=windows),
-            len(audio) if windows is None else len(windows),
-            device=self.device_,
-            dtype=self._autocast,
-        )
+        """:func:`skast._runtime.evaluate` of ``fn`` (the model, normalised
+        features -> (B, k)) over every clip (every window with ``windows``):
+        float32 numpy (n, k).
+
+        With a list of devices, one DataLoader feeds a replica of the model
+        on each (:func:`skast._replicas.evaluate_on_devices`)."""
+        n = len(audio) if windows is None else len(windows)
+        devices = resolve_devices(self.device_)
+        model = self.model_
+        if len(devices) == 1:
+            batches = self._iter_features(audio, desc=desc, windows=windows)
+            return evaluate(
+                model,
+                lambda x: fn(model, x),
+                batches,
+                n,
+                device=devices[0],
+                dtype=self._autocast,
+            )
+        with self._progress(audio, desc, windows) as bar:
+            return _replicas.evaluate_on_devices(
+                _replicas.replicas(model, devices),
+                fn,
+                self._load_batches(audio, windows, devices[0]),
+                n,
+                devices=devices,
+                dtype=self._autocast,
+                featurize=lambda batch, device: self._batch_features(
+                    batch, device, bar=bar
+                ),
+            )
 
     # ------------------------------------------------------------------ pickling
 
@@ -284,12 +325,11 @@ class ASTBase(BaseEstimator):
         super().__setstate__(state)
         if packed is not None:
             self.device_ = device_on_load(self.device_)
+            device = resolve_devices(self.device_)[0]
             config = ASTConfig.from_dict(packed["config"])
             model = AST.from_state_dict(config, packed["state_dict"])
-            self.model_ = model.to(self.device_).eval()
-            self._autocast = resolve_autocast(
-                self.precision, torch.device(self.device_)
-            )
+            self.model_ = model.to(device).eval()
+            self._autocast = resolve_autocast(self.precision, device)
 
     # ------------------------------------------------------------------ saving
 

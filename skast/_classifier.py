@@ -20,7 +20,7 @@ from skast._base import ASTBase
 from skast._labels import guess_multilabel, head_labels
 from skast._predicting import ClassifierPredictions
 from skast._recipes import RECIPES
-from skast._runtime import resolve_device
+from skast._runtime import resolve_devices
 from skast._targets import class_weights, encode_targets, equal
 from skast._training import (
     TrainingConfig,
@@ -191,9 +191,14 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         which keeps the weights of the best validation epoch instead.
         ``None`` keeps the last epoch's weights.
 
-    device : str or torch.device, default=None
+    device : str, torch.device or list of them, default=None
         Where the model trains and runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
-        ``"mps"``. ``None`` is CUDA when available, else the CPU.
+        ``"mps"``. ``None`` is CUDA when available, else the CPU. A list such
+        as ``["cuda:0", "cuda:1"]`` predicts with a replica of the model on
+        each device (see :ref:`several_devices`); ``fit`` and
+        ``partial_fit`` take one device in this version, so a list comes
+        through :meth:`from_pretrained` (of a classifier written by
+        :meth:`save_pretrained`, for instance).
 
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without
@@ -231,10 +236,10 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
 
     model_ : torch.nn.Module
         The fine-tuned model (:class:`skast._model.AST`), in eval mode on
-        ``device_``.
+        ``device_`` (on its first device for a list).
 
-    device_ : str
-        The device the model runs on.
+    device_ : str or list of str
+        The device the model runs on; the list of devices for a list.
 
     normalization_ : tuple of (float, float)
         The ``(mean, std)`` the features are normalised with.
@@ -914,7 +919,13 @@ def _restored_on_error(est, kept):
 
 def _training_device(spec) -> torch.device:
     """The device to train on, with its index (the current CUDA device)."""
-    device = resolve_device(spec)
+    if isinstance(spec, (list, tuple)):
+        raise ValueError(
+            f"device={spec!r}: device lists are used for inference only in this "
+            "version; fit on one device (a fitted model predicts on several "
+            "after ASTClassifier.from_pretrained(..., device=[...]))"
+        )
+    device = resolve_devices(spec)[0]
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

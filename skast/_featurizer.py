@@ -89,9 +89,13 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         Clips per forward pass. A device out-of-memory error halves it and
         retries; the rest of the ``transform`` call keeps the smaller size.
 
-    device : str or torch.device, default=None
+    device : str, torch.device or list of them, default=None
         Where the encoder runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-        ``None`` is CUDA when available, else the CPU.
+        ``None`` is CUDA when available, else the CPU. A list such as
+        ``["cuda:0", "cuda:1"]`` runs a replica of the encoder on each
+        device (all of one type), the batches dealt out to them in turn
+        and fed by one DataLoader; the embeddings are those of one device
+        (to float32 rounding), in input order. See :ref:`several_devices`.
 
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without
@@ -116,10 +120,11 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
     Attributes
     ----------
     model_ : torch.nn.Module
-        The encoder (:class:`skast._model.AST`), in eval mode on ``device_``.
+        The encoder (:class:`skast._model.AST`), in eval mode on ``device_``
+        (on its first device for a list).
 
-    device_ : str
-        The device the encoder runs on.
+    device_ : str or list of str
+        The device the encoder runs on; the list of devices for a list.
 
     normalization_ : tuple of (float, float)
         The ``(mean, std)`` the features are normalised with.
@@ -337,9 +342,9 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
 
     def _embed_windows(self, audio, windows, desc: str = "embedding") -> np.ndarray:
         """The pooled hidden state of every window (every clip if ``None``)."""
-        model, layer, pooling = self.model_, self.layer, self.pooling
+        layer, pooling = self.layer, self.pooling
 
-        def embed(x):
+        def embed(model, x):
             return model.pool(model.forward_features(x, layer), pooling)
 
         return self._forward_batches(audio, embed, desc=desc, windows=windows)

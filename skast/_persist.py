@@ -80,6 +80,13 @@ def _epoch(h) -> bool:
 # spec -> (check(value, model config), what the value must be)
 _CHECKS = {
     "str": (lambda v, c: isinstance(v, str), "a str"),
+    "device": (
+        lambda v, c: (
+            isinstance(v, str)
+            or (isinstance(v, list) and v and all(isinstance(d, str) for d in v))
+        ),
+        "a device name or a non-empty list of them",
+    ),
     "bool": (lambda v, c: isinstance(v, bool), "a bool"),
     "int>=0": (lambda v, c: _int(v) and v >= 0, "an int >= 0"),
     "seed": (lambda v, c: _int(v) and 0 <= v < 2**31, "an int in [0, 2**31)"),
@@ -136,7 +143,7 @@ _EPOCH = {
 # attribute -> spec: what fit sets and predict/transform read. Not saved:
 # model_ (the weights file), _autocast and the featurizer's _fingerprint
 # (derived on load, as unpickling does) and partial_fit's optimizer state.
-_COMMON = {"device_": "str", "normalization_": "mean_std"}
+_COMMON = {"device_": "device", "normalization_": "mean_std"}
 _OPTIONAL = {"_sklearn_output_config": "output_config"}  # set by set_output
 _FITTED = {
     "ASTFeaturizer": {**_COMMON, "_n_features_out": "hidden_size"},
@@ -344,7 +351,9 @@ def load(directory):
     if name == "ASTClassifier":
         _check_recipe(cls, fitted["recipe_params_"], invalid)
     try:
-        device_name(fitted["device_"])
+        names = fitted["device_"]
+        for device in [names] if isinstance(names, str) else names:
+            device_name(device)
     except Invalid as err:
         raise invalid("fitted.device_", str(err)) from None
     weights_name = manifest["weights"]

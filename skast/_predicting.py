@@ -32,7 +32,7 @@ class ClassifierPredictions:
         audio = _audio.check_audio_input(X)
         windows = self._windows(audio)
         out = self._forward_batches(
-            audio, self.model_, desc="predicting", windows=windows
+            audio, _logits_of, desc="predicting", windows=windows
         ).astype(np.float64)
         if windows is None:
             return out
@@ -90,7 +90,7 @@ class ClassifierPredictions:
         audio = _audio.check_audio_input(X)
         windows = self._windows(audio, always=True)
         logits = self._forward_batches(
-            audio, self.model_, desc="predicting", windows=windows
+            audio, _logits_of, desc="predicting", windows=windows
         ).astype(np.float64)
         return split_windows(self._from_logits(logits, expit, softmax), windows)
 
@@ -225,3 +225,8 @@ class ClassifierPredictions:
                 "must be as many"
             )
         return super().score(X, y_arr, sample_weight=sample_weight)
+
+
+def _logits_of(model, x):
+    """The model's logits of the features ``x``."""
+    return model(x)

@@ -1,5 +1,5 @@
-"""Devices, precision, the evaluation loop with its out-of-memory fallback,
-progress bars and :class:`DeviceWarning`.
+"""Devices (one or a list), precision, the evaluation loop with its
+out-of-memory fallback, progress bars and :class:`DeviceWarning`.
 
 Small functions the estimators share; nothing here knows of scikit-learn.
 """
@@ -10,6 +10,7 @@ import contextlib
 import os
 import pickle
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
@@ -22,6 +23,8 @@ T = TypeVar("T")
 __all__ = [
     "DeviceWarning",
     "resolve_device",
+    "resolve_devices",
+    "device_names",
     "resolve_autocast",
     "autocast",
     "device_on_load",
@@ -29,6 +32,7 @@ __all__ = [
     "retry_halving_on_oom",
     "map_in_pieces",
     "evaluate",
+    "Rows",
     "HostCopy",
     "progress_bar",
 ]
@@ -76,6 +80,83 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r} but MPS is not available here")
     return dev
+
+
+def resolve_devices(spec) -> list[torch.device]:
+    """The devices to run on: one for a single ``device``, one per entry of a list.
+
+    The one place a ``device`` parameter is read: :func:`resolve_device` of a
+    single spec, or of each entry of a list or tuple (entries may repeat, as
+    in ``["cpu", "cpu"]``). A list's devices must all be of one type, so that
+    one precision holds on every device.
+
+    Parameters
+    ----------
+    spec : str, torch.device, None, or list or tuple of str or torch.device
+        ``None``/``"auto"``, ``"cpu"``, ``"cuda:1"``..., or a non-empty list
+        of them.
+
+    Returns
+    -------
+    list of torch.device
+        One device for a single spec, else one per entry, in order.
+
+    Raises
+    ------
+    ValueError
+        An empty list, an entry that is not a device name (naming its
+        position), a device that is not available here, or a list mixing
+        device types.
+
+    Examples
+    --------
+    >>> from skast._runtime import resolve_devices
+    >>> resolve_devices("cpu")
+    [device(type='cpu')]
+    >>> resolve_devices(["cpu", "cpu"])
+    [device(type='cpu'), device(type='cpu')]
+    """
+    if not isinstance(spec, (list, tuple)):
+        return [resolve_device(spec)]
+    if not spec:
+        raise ValueError(
+            f"device={spec!r}: a list of devices must hold at least one device"
+        )
+    devices = []
+    for i, entry in enumerate(spec):
+        if entry is None or not isinstance(entry, (str, torch.device)):
+            raise ValueError(
+                f"device[{i}]={entry!r}: each entry of a device list must be a "
+                "device name such as 'cuda:0' or a torch.device"
+            )
+        try:
+            devices.append(resolve_device(entry))
+        except ValueError as err:
+            raise ValueError(f"device[{i}]: {err}") from err
+    types = sorted({d.type for d in devices})
+    if len(types) > 1:
+        raise ValueError(
+            f"device={list(map(str, spec))!r} mixes device types {types}; the "
+            "devices of a list must all be of one type"
+        )
+    return devices
+
+
+def device_names(spec, devices: list[torch.device]) -> str | list[str]:
+    """The fitted ``device_`` of :func:`resolve_devices`: a name for a
+    single spec, the list of names for a list.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._runtime import device_names
+    >>> device_names("cpu", [torch.device("cpu")])
+    'cpu'
+    >>> device_names(("cpu",), [torch.device("cpu")])
+    ['cpu']
+    """
+    names = [str(d) for d in devices]
+    return names if isinstance(spec, (list, tuple)) else names[0]
 
 
 def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
@@ -128,37 +209,54 @@ class DeviceWarning(UserWarning):
     """
 
 
-def device_on_load(device: str) -> str:
+def device_on_load(device: str | list[str]) -> str | list[str]:
     """The device a fitted estimator restored from a pickle runs on.
 
     The device it was fitted on when that exists here; otherwise the CPU,
     with a :class:`DeviceWarning` that points at the code that loaded the
-    estimator (the first frame outside skast, joblib and pickle).
+    estimator (the first frame outside skast, joblib and pickle). For a list
+    of devices (see :func:`resolve_devices`), those of its devices that
+    exist here, with the warning naming the missing ones; the CPU, with the
+    warning, when none does.
 
     Examples
     --------
     >>> from skast._runtime import device_on_load
     >>> device_on_load("cpu")
     'cpu'
+    >>> device_on_load(["cpu", "cpu"])
+    ['cpu', 'cpu']
     """
-    dev = torch.device(device)
-    usable = dev.type == "cpu"
-    if dev.type == "cuda":
-        usable = (
-            torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
-        )
-    elif dev.type == "mps":
-        usable = torch.backends.mps.is_available()
-    if usable:
-        return device
+    if isinstance(device, str):
+        if _usable(device):
+            return device
+        kept, what = "cpu", f"device '{device}', which is not available here"
+    else:
+        missing = [d for d in device if not _usable(d)]
+        if not missing:
+            return list(device)
+        kept = [d for d in device if _usable(d)] or "cpu"
+        what = f"devices {list(device)!r}, of which {missing!r} are not available here"
+    where = "the CPU" if kept == "cpu" else repr(kept)
     warnings.warn(
-        f"this estimator was fitted on device '{device}', which is not available "
-        "here; it will run on the CPU. Use set_params(device=...) and refit to "
-        "choose another device.",
+        f"this estimator was fitted on {what}; it will run on {where}. Use "
+        "set_params(device=...) and refit to choose another device.",
         DeviceWarning,
         stacklevel=_stacklevel_outside(_loader_paths()),
     )
-    return "cpu"
+    return kept
+
+
+def _usable(device: str) -> bool:
+    """Whether the device named ``device`` exists here."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return (
+            torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
+        )
+    if dev.type == "mps":
+        return torch.backends.mps.is_available()
+    return dev.type == "cpu"
 
 
 def _loader_paths() -> tuple[str, ...]:
@@ -238,6 +336,7 @@ def evaluate(
     *,
     device,
     dtype: torch.dtype | None,
+    rows: Rows | None = None,
 ) -> np.ndarray:
     """The one evaluation loop: ``fn`` over every batch; float32 ``(n, k)``.
 
@@ -264,10 +363,15 @@ def evaluate(
         Where the inputs are.
     dtype : torch.dtype or None
         The autocast dtype (``None``: float32 without autocast).
+    rows : Rows, default=None
+        Where the batches' rows go; several loops may share one, each
+        running its own batches (one per device, :mod:`skast._replicas`).
+        ``None``: a new one.
 
     Returns
     -------
     ndarray of shape (n, k), dtype float32
+        ``rows.array``.
 
     Examples
     --------
@@ -284,7 +388,7 @@ def evaluate(
         with autocast(device, dtype):
             return HostCopy(fn(piece).float())
 
-    out = None
+    rows = Rows(n) if rows is None else rows
     limit = None  # after an out-of-memory error: the largest piece that ran
     in_flight = None  # the last batch's (indices, host copies), still copying
     was_training = model.training
@@ -294,23 +398,52 @@ def evaluate(
             for indices, x in batches:
                 parts, limit = map_in_pieces(run, x, device, limit)
                 if in_flight is not None:
-                    out = _store(out, n, *in_flight)
+                    rows.put(*in_flight)
                 in_flight = (indices, parts)
             if in_flight is not None:
-                out = _store(out, n, *in_flight)
+                rows.put(*in_flight)
     finally:
         model.train(was_training)
-    return out
+    return rows.array
 
 
-def _store(out: np.ndarray | None, n: int, indices, parts) -> np.ndarray:
-    """``out`` (made ``(n, k)`` on the first call) with the rows of one batch
-    at ``indices``, once their copies to the host are done."""
-    rows = np.concatenate([part.wait() for part in parts])
-    if out is None:
-        out = np.empty((n, rows.shape[1]), dtype=np.float32)
-    out[indices] = rows
-    return out
+class Rows:
+    """The float32 ``(n, k)`` output of :func:`evaluate`, filled batch by
+    batch; ``k`` is that of the first batch. Safe to fill from several threads.
+
+    Parameters
+    ----------
+    n : int
+        Number of rows.
+
+    Attributes
+    ----------
+    array : ndarray of shape (n, k) or None
+        The rows stored so far; ``None`` before the first batch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._runtime import HostCopy, Rows
+    >>> rows = Rows(3)
+    >>> rows.put([2, 0], [HostCopy(torch.tensor([[2.0], [0.0]]))])
+    >>> rows.array[[0, 2]].ravel().tolist()
+    [0.0, 2.0]
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.array = None
+        self._lock = threading.Lock()
+
+    def put(self, indices, parts) -> None:
+        """Store one batch's rows at ``indices``: the :class:`HostCopy` of
+        each of its pieces, once their copies to the host are done."""
+        rows = np.concatenate([part.wait() for part in parts])
+        with self._lock:
+            if self.array is None:
+                self.array = np.empty((self.n, rows.shape[1]), dtype=np.float32)
+            self.array[indices] = rows
 
 
 class HostCopy:

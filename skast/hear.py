@@ -338,7 +338,7 @@ def get_timestamp_embeddings(
         columns,
         batches,
         len(audio) * n_windows,
-        device=featurizer.device_,
+        device=encoder.pos_embed.device,  # the first of a device list
         dtype=featurizer._autocast,
     )
     d = config.hidden_size
@@ -357,7 +357,7 @@ def _windows(audio: torch.Tensor, featurizer, hop: int, n_windows: int):
     windows, clip 1's ...; the log-mel features of a few clips at a time."""
     config = featurizer.model_.config
     length = config.max_length
-    device = torch.device(featurizer.device_)
+    device = featurizer.model_.pos_embed.device  # the first of a device list
     span = (n_windows - 1) * hop + length  # frames the windows cover
     step = max(1, featurizer.batch_size // n_windows)  # clips per fbank pass
     for c0 in range(0, len(audio), step):
