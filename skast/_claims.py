@@ -44,6 +44,7 @@ True False True False
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -63,6 +64,7 @@ POLL_FIRST, POLL_LAST = 0.02, 1.0
 _LIVE: set[str] = set()
 
 
+@functools.lru_cache(maxsize=1)
 def host_id() -> str:
     """This machine, as the claims name it: the host name, and on Linux the
     kernel's boot id and the process id namespace, so that containers sharing
@@ -175,7 +177,7 @@ class Claims:
                 return
             self._held.discard(path)
         with contextlib.suppress(OSError):
-            if path.read_text() == self.owner:  # not taken over meanwhile
+            if path.read_bytes() == self.owner.encode():  # not taken over since
                 os.unlink(path)
 
     def close(self) -> None:
@@ -194,17 +196,12 @@ class Claims:
     def _stale(self, path: Path):
         """The claim's signature if it is stale, ``False`` if it is live,
         ``None`` if it vanished while looked at."""
-        try:
-            st = os.stat(path)
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError):
-            text = ""
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None
+        try:  # opened, then its times read: NFS revalidates them on open
+            with open(path, "rb") as f:
+                st, raw = os.fstat(f.fileno()), f.read(4096)
+        except OSError:
+            return None  # gone (or unreadable: as good as gone)
+        text = raw.decode("utf-8", "replace")
         sig = (st.st_ino, st.st_mtime_ns, text)
         host, pid, token = (text.split("\n") + ["", "", ""])[:3]
         if host == host_id() and pid.isdigit():
@@ -231,11 +228,12 @@ class Claims:
         except OSError:
             return False  # gone: taken over by another worker
         try:
-            st = os.stat(private)
-            text = private.read_text()
-        except (OSError, UnicodeDecodeError):
-            st, text = None, ""
-        if st is not None and (st.st_ino, st.st_mtime_ns, text) != sig:
+            with open(private, "rb") as f:
+                st, raw = os.fstat(f.fileno()), f.read(4096)
+            now = (st.st_ino, st.st_mtime_ns, raw.decode("utf-8", "replace"))
+        except OSError:
+            now = sig
+        if now != sig:
             # a live claim, made since it was judged: put it back unless the
             # clip was claimed again meanwhile
             with contextlib.suppress(OSError):

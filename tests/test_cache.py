@@ -11,6 +11,7 @@ through ``ASTFeaturizer``, are in tests/test_featurizer.py.
 import concurrent.futures
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 
@@ -102,12 +103,19 @@ def test_fingerprints(tmp_path):
 
 # ---------------------------------------------------------------- two processes
 
+DASK = ("dask", "distributed")
+
 
 def _embed_into(cache, X, out, logs, barrier):
     est = featurizer(batch_size=4, cache=cache).fit(X)
     log_encoder_clips(logs)
     barrier.wait(timeout=300)  # both processes embed at the same time
     np.save(out, est.transform(X))
+    import skast.dask  # noqa: F401
+
+    # nothing of skast imports Dask unless asked: not even skast.dask
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in DASK)
+    out.with_suffix(".modules").write_text(" ".join(loaded))
 
 
 def test_two_racing_processes_embed_each_clip_once_into_one_cache(tmp_path):
@@ -132,6 +140,7 @@ def test_two_racing_processes_embed_each_clip_once_into_one_cache(tmp_path):
     every = mine + shared + theirs
     # each distinct clip went through one process's encoder, once: the shared
     # clips one process claimed, the other waited for
+    assert (tmp_path / "0.modules").read_text() == ""
     counts = logged_clips(logs)
     assert len(counts) == 2 and sum(counts.values()) == len(every)
     out1, out2 = np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy")
@@ -233,6 +242,17 @@ def _wait_for(condition, timeout, what):
         time.sleep(0.1)
 
 
+def _transform_counted(est, X, logs):
+    """``est.transform(X)`` within 30 s, and the clips through the encoder."""
+    handle = log_encoder_clips(logs)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            out = pool.submit(est.transform, X).result(timeout=30)
+    finally:
+        handle.remove()
+    return out, sum(logged_clips(logs).values())
+
+
 def test_the_claims_of_a_killed_process_are_taken_over(tmp_path):
     X = clips(5, seed=6)
     cache = tmp_path / "cache"
@@ -240,7 +260,7 @@ def test_the_claims_of_a_killed_process_are_taken_over(tmp_path):
     proc = ctx.Process(target=_hang_while_embedding, args=(cache, X))
     proc.start()
     try:
-        _wait_for(lambda: len(_claims(cache)) == len(X), 120, "the child's claims")
+        _wait_for(lambda: len(_claims(cache)) == len(X), 240, "the child's claims")
     finally:
         proc.kill()  # SIGKILL: no finally of its own runs
         proc.join(timeout=30)
@@ -249,13 +269,8 @@ def test_the_claims_of_a_killed_process_are_taken_over(tmp_path):
     # a successor on this host sees the owner's process gone: it takes the
     # claims over at once, well before the 60 s heartbeat timeout
     est = featurizer(cache=cache).fit(X)
-    handle = log_encoder_clips(tmp_path)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            out = pool.submit(est.transform, X).result(timeout=30)
-    finally:
-        handle.remove()
-    assert sum(logged_clips(tmp_path).values()) == len(X)
+    out, n_clips = _transform_counted(est, X, tmp_path)
+    assert n_clips == len(X)
     assert_array_equal(out, featurizer().fit(X).transform(X))
     assert _claims(cache) == [] and len(list(cache.rglob("*.npy"))) == len(X)
 
@@ -272,13 +287,8 @@ def test_stale_claims_of_another_machine_are_taken_over(tmp_path):
         hour_ago = time.time() - 3600
         os.utime(claim, (hour_ago, hour_ago))
         path.unlink()
-    handle = log_encoder_clips(tmp_path)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            out = pool.submit(est.transform, X).result(timeout=30)
-    finally:
-        handle.remove()
-    assert sum(logged_clips(tmp_path).values()) == len(X)
+    out, n_clips = _transform_counted(est, X, tmp_path)
+    assert n_clips == len(X)
     assert_array_equal(out, ref)
     assert _claims(tmp_path) == []
 
