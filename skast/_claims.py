@@ -95,6 +95,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _create(path: Path) -> int:
+    """``path`` created exclusively (its folder too, if missing): its fd."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as err:  # a file in the folder's place
+            raise NotADirectoryError(*err.args) from err
+        return os.open(path, flags, 0o644)
+
+
 class Claims:
     """The claims of one call: taken, renewed while held, released.
 
@@ -120,7 +133,7 @@ class Claims:
         self.timeout = float(timeout)
         self.token = secrets.token_hex(8)
         self.owner = f"{host_id()}\n{os.getpid()}\n{self.token}\n"
-        self._held: set[Path] = set()
+        self._held: dict[Path, int] = {}  # claim -> its inode
         self._watched: dict[Path, tuple[tuple, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -144,8 +157,7 @@ class Claims:
             return True
         for _ in range(4):  # a claim that vanishes or is taken over: again
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = _create(path)
             except FileExistsError:
                 seen = self._stale(path)
                 if seen is False:
@@ -157,10 +169,11 @@ class Claims:
                 return True  # cannot be claimed, as it cannot be written
             try:
                 os.write(fd, self.owner.encode())
+                inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
             with self._lock:
-                self._held.add(path)
+                self._held[path] = inode
                 self._watched.pop(path, None)
                 if self._beat is None:
                     self._beat = threading.Thread(
@@ -173,11 +186,11 @@ class Claims:
     def release(self, path: Path) -> None:
         """Remove this call's claim on ``path`` (nothing if it holds none)."""
         with self._lock:
-            if path not in self._held:
-                return
-            self._held.discard(path)
+            inode = self._held.pop(path, None)
+        if inode is None:
+            return
         with contextlib.suppress(OSError):
-            if path.read_bytes() == self.owner.encode():  # not taken over since
+            if os.stat(path).st_ino == inode:  # not taken over since
                 os.unlink(path)
 
     def close(self) -> None:
