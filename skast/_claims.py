@@ -15,8 +15,8 @@ its claims. A claim is *stale*, and taken over by the next worker to find it,
 when
 
 * its owner ran on this host (the same kernel boot and process id namespace)
-  and that process is gone, or is this very process but not a live claim of
-  it: at once;
+  and that process is gone (or a zombie), or is this very process but not a
+  live claim of another of its calls: at once;
 * its modification time, which a live owner's heartbeat thread renews every
   ``timeout / 6`` seconds, is older than ``timeout`` seconds (60 by default),
   by this host's clock; or it has not changed for ``timeout`` seconds while
@@ -85,14 +85,19 @@ def host_id() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
-    """Whether a process of this host has this id (kill with signal 0)."""
+    """Whether a process of this host has this id (kill with signal 0), and
+    is not a zombie (dead, not yet reaped by its parent; Linux)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # another user's process, or we cannot tell: alive
-    return True
+    except OSError:
+        pass  # another user's process, or we cannot tell: alive
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _create(path: Path) -> int:
@@ -212,14 +217,20 @@ class Claims:
         try:  # opened, then its times read: NFS revalidates them on open
             with open(path, "rb") as f:
                 st, raw = os.fstat(f.fileno()), f.read(4096)
-        except OSError:
-            return None  # gone (or unreadable: as good as gone)
+        except FileNotFoundError:
+            return None
+        except OSError:  # unreadable: judged by its times alone
+            try:
+                st, raw = os.stat(path), b""
+            except OSError:
+                return None
         text = raw.decode("utf-8", "replace")
         sig = (st.st_ino, st.st_mtime_ns, text)
         host, pid, token = (text.split("\n") + ["", "", ""])[:3]
         if host == host_id() and pid.isdigit():
             if int(pid) == os.getpid():
-                return False if token in _LIVE else sig
+                live = token in _LIVE and token != self.token  # another thread's
+                return False if live else sig
             if not _pid_alive(int(pid)):
                 return sig
         now = time.monotonic()
