@@ -8,9 +8,14 @@ changes an embedding, and ``fp`` is the clip's content fingerprint
 clip is embedded twice, across estimators, folds, grid-search candidates and
 processes; a moved or copied file keeps its fingerprint.
 
-Files are written atomically (a temporary file in the same folder, then a
-rename): concurrent writers of one clip each rename a complete file over the
-other's, and readers never see a partial one. A missing, unreadable or
+Concurrent workers on one cache (threads, processes, machines sharing the
+folder) embed each clip once in all: a missing clip is claimed before it is
+embedded, and workers that find it claimed wait for its file instead; the
+claim of a worker that died is taken over (:mod:`skast._claims`). Files are
+written atomically (a temporary file in the same folder, then a rename):
+readers never see a partial one, and should two writers of one clip ever
+meet (a claim taken over from a worker that was only slow), each renames a
+complete file over the other's. A missing, unreadable or
 malformed file is a miss, computed and written again. A cache that cannot be
 written (a read-only folder, a full disk) warns once per ``transform`` and
 the embeddings are returned all the same.
@@ -28,6 +33,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +41,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 import torch
+
+from skast._claims import POLL_FIRST, POLL_LAST, Claims
 
 __all__ = [
     "array_fingerprint",
@@ -332,9 +340,11 @@ def embed_cached(
     """Embeddings of every clip, read from the cache or computed and written.
 
     Clips with the same content are embedded once. The missing ones are
-    embedded ``512`` at a time and written as each chunk is done, so that an
-    interrupted run keeps most of its work. A write that fails warns (once)
-    and the embeddings are returned all the same.
+    claimed (:class:`skast._claims.Claims`) and embedded ``512`` at a time,
+    and written as each chunk is done, so that an interrupted run keeps most
+    of its work; those that other workers have claimed are read once they are
+    written, and those whose claims are stale are taken over. A write that
+    fails warns (once) and the embeddings are returned all the same.
 
     Parameters
     ----------
@@ -387,24 +397,59 @@ def embed_cached(
             missing[clip] = [i]
         else:
             out[i] = row
-    todo = list(missing.items())
-    n_chunks = -(-len(todo) // _CACHE_CHUNK)
-    warned = False
-    for c in range(n_chunks):
-        chunk = todo[c * _CACHE_CHUNK : (c + 1) * _CACHE_CHUNK]
-        desc = "embedding" if n_chunks == 1 else f"embedding {c + 1}/{n_chunks}"
-        rows = embed(audio.subset([indices[0] for _, indices in chunk]), desc=desc)
-        for (clip, indices), row in zip(chunk, rows):
+    if missing:
+        with Claims() as claims:
+            _embed_missing(audio, embed, out, missing, models, claims, folder)
+    return out
+
+
+def _embed_missing(audio, embed, out, missing, models, claims, folder) -> None:
+    """Fill ``out`` with the ``missing`` clips: those this call claims are
+    embedded (``512`` at a time) and written, those other workers hold are
+    read once written; a stale claim is taken over (:mod:`skast._claims`)."""
+    n_chunks = -(-len(missing) // _CACHE_CHUNK)  # without other workers
+    pending = [(models / c[:2] / f"{c}.npy", i) for c, i in missing.items()]
+    done, pause, warned = 0, POLL_FIRST, False
+    while pending:
+        mine, waiting = [], []
+        for item in pending:
+            path, indices = item
+            if len(mine) == _CACHE_CHUNK:
+                waiting.append(item)
+                continue
+            row = read_embedding(path, out.shape[1])
+            if row is None and claims.acquire(path.with_suffix(".claim")):
+                # written by its owner between the look and the claim?
+                row = read_embedding(path, out.shape[1])
+                if row is None:
+                    mine.append(item)
+                    continue
+                claims.release(path.with_suffix(".claim"))
+            if row is None:
+                waiting.append(item)
+            else:
+                out[indices] = row
+        pending = waiting
+        if not mine:  # every missing clip is another worker's
+            time.sleep(pause)
+            pause = min(1.5 * pause, POLL_LAST)
+            continue
+        pause, done = POLL_FIRST, done + 1
+        desc = "embedding"
+        if n_chunks > 1:
+            desc += f" {min(done, n_chunks)}/{n_chunks}"
+        rows = embed(audio.subset([indices[0] for _, indices in mine]), desc=desc)
+        for (path, indices), row in zip(mine, rows):
             out[indices] = row
             try:
-                write_embedding(models / clip[:2] / f"{clip}.npy", row)
+                write_embedding(path, row)
             except OSError as err:
                 if not warned:
                     warnings.warn(
                         f"could not write to the embedding cache {folder}: "
                         f"{err}; embeddings are computed but not cached",
                         UserWarning,
-                        stacklevel=3,
+                        stacklevel=4,
                     )
                     warned = True
-    return out
+            claims.release(path.with_suffix(".claim"))

@@ -7,6 +7,8 @@ attribute equal, and the model the same object with the same weights.
 """
 
 import copy
+import os
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -119,3 +121,28 @@ def assert_same_input(X, X_copy) -> None:
             assert_same_input(a, b)
     else:
         assert X == X_copy or (X != X and X_copy != X_copy)
+
+
+def log_encoder_clips(folder):
+    """Count the clips through every AST encoder of this process from now on:
+    each forward pass of a patch embedding (torch's global forward pre-hook,
+    which every pass runs first) appends its batch size to
+    ``<folder>/<pid>.clips``. Returns the hook's handle."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from skast._model import PatchEmbed
+
+    def hook(module, args):
+        if isinstance(module, PatchEmbed):
+            with open(f"{folder}/{os.getpid()}.clips", "a") as f:
+                f.write(f"{len(args[0])}\n")
+
+    return register_module_forward_pre_hook(hook)
+
+
+def logged_clips(folder) -> dict:
+    """The clips :func:`log_encoder_clips` counted in ``folder``, per process id."""
+    return {
+        int(p.stem): sum(int(n) for n in p.read_text().split())
+        for p in Path(folder).glob("*.clips")
+    }
