@@ -16,6 +16,7 @@ from numpy.testing import assert_allclose
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+import skast
 from skast._model import AST, ASTConfig, Block
 from skast._patchout import Kept
 from tests._helpers import assert_unchanged, classifier, clips, snapshot
@@ -257,3 +258,13 @@ def test_patchout_dropping_every_column_or_row_is_refused(config, patchout, what
             fit(X, LABELS)
     clf.set_params(patchout=None)
     assert_unchanged(clf, snap)
+
+
+@pytest.mark.parametrize("patchout", [(1, 2), [0.5, 0.0]])
+def test_patchout_is_saved_and_loaded(patchout, tmp_path):
+    X = clips(8)
+    clf = classifier(max_epochs=1, patchout=patchout).fit(X, LABELS)
+    clf.save(tmp_path)
+    loaded = skast.load(tmp_path)
+    assert loaded.patchout == patchout and type(loaded.patchout) is type(patchout)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
