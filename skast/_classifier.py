@@ -151,12 +151,13 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         columns / rows) or a float in ``[0, 1)`` (a share of them, rounded to
         the nearest number). Training steps are faster (the blocks see fewer
         tokens) and the model learns not to depend on any one part of the
-        spectrogram; prediction, ``transform`` and validation always see
-        every patch. PaSST drops 40 of 99 columns and 4 of 12 rows (about 60%
-        of the patches): ``(40, 4)`` at 1024 frames, ``(0.4, 0.33)`` at any
-        length. ``None`` keeps every patch, as the AST paper's recipes do. A
-        value that would drop every column or row of the grid is an error.
-        See :ref:`patchout`.
+        spectrogram (on small data it also fits more slowly: give it more
+        epochs); prediction and validation always see every patch. PaSST
+        drops 40 of 99 columns and 4 of 12 rows (about 60% of the patches):
+        ``(40, 4)`` at 1024 frames, ``(0.4, 0.33)`` at any length. ``None``
+        keeps every patch, as the AST paper's recipes do. A value that would
+        drop every column or row of the grid is an error. See
+        :ref:`patchout`.
 
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss: ``{label: weight}``, or
