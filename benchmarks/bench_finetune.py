@@ -105,7 +105,8 @@ class SkastSide:
 
         _training.Trainer.step = timed_step
 
-    def epoch(self, batch_size: int, n_clips: int | None = None) -> dict:
+    def epoch(self, batch_size: int, n_clips: int | None = None, **params) -> dict:
+        """One epoch's fit (``params``: more ``ASTClassifier`` parameters)."""
         from skast import ASTClassifier
 
         n = n_clips or len(self.X)
@@ -120,6 +121,7 @@ class SkastSide:
             device=str(self.device),
             precision=self.precision,
             random_state=0,
+            **params,
         ).fit(self.X[:n], self.y[:n])
         return {"epoch": clf.history_[0]["seconds"], "steps": self.step_seconds}
 

@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from skast import _audio, _checkpoints
 from skast._base import ASTBase
 from skast._labels import guess_multilabel, head_labels
+from skast._patchout import check_patchout, drop_counts
 from skast._predicting import ClassifierPredictions
 from skast._recipes import RECIPES
 from skast._runtime import resolve_devices
@@ -145,6 +146,22 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         Probability that a training clip is mixed with another of its batch
         (weight ``lambda ~ Beta(10, 10)``; the targets are mixed alike).
 
+    patchout : (time, frequency) pair or None, default=None
+        Structured patchout (PaSST): in each training batch, drop ``time``
+        whole time columns and ``frequency`` whole frequency rows of the
+        model's patch grid (with their position embeddings), drawn at random
+        per batch, before the transformer blocks. Each is an int (a number of
+        columns / rows) or a float in ``[0, 1)`` (a share of them, rounded to
+        the nearest number). Training steps are faster (the blocks see fewer
+        tokens) and the model learns not to depend on any one part of the
+        spectrogram (on small data it also fits more slowly: give it more
+        epochs); prediction and validation always see every patch. PaSST
+        drops 40 of 99 columns and 4 of 12 rows (about 60% of the patches):
+        ``(40, 4)`` at 1024 frames, ``(0.4, 0.33)`` at any length. ``None``
+        keeps every patch, as the AST paper's recipes do. A value that would
+        drop every column or row of the grid is an error. See
+        :ref:`patchout`.
+
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss: ``{label: weight}``, or
         ``"balanced"`` for ``n_samples / (n_classes * np.bincount(y))``.
@@ -212,8 +229,8 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation of the model and its head, the validation
         split, the order of the clips (or the balanced sampler's draws),
-        dropout, SpecAugment and mixup. An int gives the same model on the
-        same device every time.
+        dropout, SpecAugment, mixup and patchout. An int gives the same model
+        on the same device every time.
 
     warm_start : bool, default=False
         Start ``fit`` from the fitted model (and its normalisation) instead of
@@ -371,6 +388,8 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         "freqm": [Interval(Integral, 0, None, closed="left")],
         "timem": [Interval(Integral, 0, None, closed="left")],
         "mixup": [Interval(Real, 0, 1, closed="both")],
+        # the pair's values are checked by _check_training_params
+        "patchout": [None, tuple, list],
         "class_weight": [None, dict, StrOptions({"balanced"})],
         "sampler": [None, StrOptions({"balanced"})],
         "freeze": [
@@ -411,6 +430,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         freqm=0,
         timem=0,
         mixup=0.0,
+        patchout=None,
         class_weight=None,
         sampler=None,
         freeze=None,
@@ -446,6 +466,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         self.freqm = freqm
         self.timem = timem
         self.mixup = mixup
+        self.patchout = patchout
         self.class_weight = class_weight
         self.sampler = sampler
         self.freeze = freeze
@@ -733,6 +754,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             raise ValueError(
                 f"betas must be a pair of floats in [0, 1), got {self.betas!r}"
             )
+        check_patchout(self.patchout)
         if isinstance(self.freeze, bool):
             raise ValueError(
                 f"freeze must be None, 'encoder' or an int, got {self.freeze!r}"
@@ -779,6 +801,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             raise ValueError(
                 f"freeze={freeze} but the model has only {n_layers} blocks"
             )
+        drop_counts(self.patchout, self.model_.config.grid)
 
     def _setting(self, name: str):
         return self.recipe_params_.get(name, getattr(self, name))

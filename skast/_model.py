@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skast._patchout import Kept, keep_tokens
 from skast._recipes import POOLINGS
 
 __all__ = ["ASTConfig", "AST", "POOLINGS"]
@@ -409,7 +410,11 @@ class AST(nn.Module):
         return idx
 
     def forward_features(
-        self, x: torch.Tensor, layer: int | None = None
+        self,
+        x: torch.Tensor,
+        layer: int | None = None,
+        *,
+        patchout: Kept | None = None,
     ) -> torch.Tensor:
         """Token states for a ``(B, max_length, num_mel_bins)`` normalised input.
 
@@ -422,10 +427,17 @@ class AST(nn.Module):
             as in transformers' ``hidden_states`` tuple (0 = embeddings, ``i`` =
             output of block ``i``, negative counts from the end) without the
             final LayerNorm; blocks after it are not run.
+        patchout : skast._patchout.Kept, default=None
+            Structured patchout: only the patches of these frequency rows and
+            time columns of ``config.grid`` (with their position embeddings)
+            go into the blocks, in frequency-major order after the two
+            special tokens. ``None``: every patch. The training loop passes
+            one per batch; inference never does.
 
         Returns
         -------
         torch.Tensor of shape (batch, 2 + num_patches, hidden_size)
+            ``2 + patchout.num_patches`` tokens with ``patchout``.
         """
         stop = self.layer_index(layer)
         expected = (self.config.max_length, self.config.num_mel_bins)
@@ -434,7 +446,11 @@ class AST(nn.Module):
                 f"expected input of shape (batch, {expected[0]}, {expected[1]}), "
                 f"got {tuple(x.shape)}"
             )
-        patches = self.patch_embed(x)
+        patches, pos_embed = self.patch_embed(x), self.pos_embed
+        if patchout is not None:
+            patches, pos_embed = keep_tokens(
+                patches, pos_embed, patchout, self.config.grid[1]
+            )
         b = patches.shape[0]
         tokens = torch.cat(
             (
@@ -444,7 +460,7 @@ class AST(nn.Module):
             ),
             dim=1,
         )
-        h = self.pos_drop(tokens + self.pos_embed)
+        h = self.pos_drop(tokens + pos_embed)
         for block in self.blocks[:stop]:
             h = block(h)
         return self.norm(h) if layer is None else h
@@ -488,9 +504,10 @@ class AST(nn.Module):
         pooled = self.pool(tokens)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (raw, no sigmoid/softmax) for a normalised spectrogram batch."""
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, *, patchout: Kept | None = None) -> torch.Tensor:
+        """Logits (raw, no sigmoid/softmax) for a normalised spectrogram batch
+        (``patchout``: the patches kept, as in :meth:`forward_features`)."""
+        return self.forward_head(self.forward_features(x, patchout=patchout))
 
     def flops_per_clip(self) -> float:
         """Approximate forward FLOPs for one clip (2 per multiply-accumulate)."""

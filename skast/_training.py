@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skast import _augment
+from skast import _augment, _patchout
 from skast._features import normalize
 from skast._freezing import frozen, training_mode
 from skast._runtime import autocast, evaluate, progress_bar, retry_halving_on_oom
@@ -119,6 +119,8 @@ class TrainingConfig:
     device: torch.device
     autocast_dtype: torch.dtype | None
     seed: int
+    # (time, frequency) columns / rows of patches each batch drops (skast._patchout)
+    patchout: tuple | None = None
 
     @classmethod
     def from_params(cls, params: Mapping, **decided) -> TrainingConfig:
@@ -130,6 +132,7 @@ class TrainingConfig:
         if values["weight_averaging"] is not None:
             values["weight_averaging"] = tuple(values["weight_averaging"])
         values["verbose"] = bool(values["verbose"])
+        values["patchout"] = _patchout.check_patchout(values.get("patchout"))
         return cls(**values, **decided)
 
 
@@ -255,6 +258,8 @@ class Trainer:
         # after a device out-of-memory error, the size of the pieces a batch is
         # split into (None: whole batches)
         self.micro_batch = None
+        # the patches the current batch keeps (None: all of them)
+        self.kept = None
 
     # ------------------------------------------------------------------ state
 
@@ -309,7 +314,8 @@ class Trainer:
         self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup, then SpecAugment on the mix, as the original dataloader
-        (which mixes the waveforms, then masks the fbank of the mix)."""
+        (which mixes the waveforms, then masks the fbank of the mix); then the
+        batch's patchout (:attr:`kept`, for every piece of its step)."""
         config = self.config
         if config.mixup > 0:
             x, t = _augment.mixup(x, t, config.mixup, generator=generator)
@@ -317,6 +323,8 @@ class Trainer:
             x = _augment.spec_augment(
                 x, config.freqm, config.timem, fill=self.fill, generator=generator
             )
+        grid = self.model.config.grid
+        self.kept = _patchout.draw_kept(config.patchout, grid, generator)
         return x, t
 
     def step(self, x: torch.Tensor, t: torch.Tensor) -> float:
@@ -356,7 +364,7 @@ class Trainer:
         the batch loss. Frozen parameters require no gradient, so no graph is
         built through a frozen encoder."""
         with autocast(self.device, self.config.autocast_dtype):
-            logits = self.model(x)
+            logits = self.model(x, patchout=self.kept)
         loss = self.loss_fn(logits.float(), t, self.class_weight)
         if len(x) != n:
             loss = loss * (len(x) / n)
