@@ -106,10 +106,40 @@ def shard_of(shard: str | None, environ) -> tuple[int, int]:
 
 
 def check_job_args(args, out: Path, environ) -> tuple[int, int]:
-    """Check embed's job options (``--shard``, ``--merge``, ``--restart``,
-    ``--part-size``) before any model work; this process's shard. Under
-    torchrun (``LOCAL_RANK`` set), CUDA's current device becomes the
-    rank's GPU, so that ``--device cuda`` (or none) means that GPU."""
+    """Check embed's job options before any model work; this process's shard.
+
+    Under torchrun (``LOCAL_RANK`` set), CUDA's current device becomes the
+    rank's GPU, so that ``--device cuda`` (or none) means that GPU.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``part_size``, ``shard``, ``merge`` and ``restart`` of ``skast embed``.
+    out : pathlib.Path
+        The ``-o`` output.
+    environ : mapping
+        The environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+    Returns
+    -------
+    (int, int)
+        The shard ``(I, N)``; ``(0, 1)`` is the whole job.
+
+    Raises
+    ------
+    UsageError
+        A bad ``--part-size`` or shard, ``--merge`` or ``--restart`` with a
+        shard, or a ``.parquet`` output without pyarrow.
+
+    Examples
+    --------
+    >>> from argparse import Namespace
+    >>> from pathlib import Path
+    >>> from skast._jobs import check_job_args
+    >>> args = Namespace(part_size=1024, shard=None, merge=False, restart=False)
+    >>> check_job_args(args, Path("emb.npy"), {"RANK": "3", "WORLD_SIZE": "8"})
+    (3, 8)
+    """
     if args.part_size < 1:
         raise UsageError(f"--part-size must be at least 1, got {args.part_size}")
     if args.merge and (args.shard is not None or args.restart):
@@ -230,10 +260,11 @@ class Job:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path, *, sync: bool = False):
-    """Yield a temporary path beside ``path``; moved over ``path`` if the
-    block completes (after an ``fsync`` with ``sync``), removed if not."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _replacing(path: Path, *, sync: bool = False, folder: Path | None = None):
+    """Yield a temporary path in ``folder`` (default: beside ``path``), moved
+    over ``path`` if the block completes (after an ``fsync`` with ``sync``),
+    removed if it fails."""
+    tmp = (folder or path.parent) / f".{path.name}.{os.getpid()}.tmp"
     try:
         yield tmp
         if sync:
@@ -326,10 +357,65 @@ def _renumber(err: ValueError, offset: int) -> ValueError:
 def run(
     featurizer, files, out: Path, *, part_size, per_window, shard, restart, verbose
 ):
-    """Embed the parts of ``shard`` that are not written yet with the fitted
-    ``featurizer``; with the whole job (shard ``(0, 1)``), join them into
-    ``out``. Returns ``(rows, n_features)`` written to ``out``, or ``None``
-    for a shard of several."""
+    """Embed the parts of ``shard`` not written yet; with the whole job, join.
+
+    Parameters
+    ----------
+    featurizer : ASTFeaturizer
+        Fitted; its progress bar off (this shows one over the files).
+    files : list of str
+        The audio files, in the output's order.
+    out : pathlib.Path
+        The ``.npy``, ``.csv`` or ``.parquet`` output; the parts go to
+        :func:`parts_dir` of it.
+    part_size : int
+        Files per part.
+    per_window : bool
+        One row per window (``transform_windows``) instead of one per file.
+    shard : (int, int)
+        ``(I, N)``: embed the parts ``k`` with ``k % N == I``.
+    restart : bool
+        Discard the parts of another job instead of refusing to run.
+    verbose : bool
+        Show a progress bar, and how many parts a resumed run skips.
+
+    Returns
+    -------
+    (int, int) or None
+        ``(rows, n_features)`` written to ``out``; ``None`` for a shard of
+        several (``N > 1``), which joins nothing.
+
+    Raises
+    ------
+    UsageError
+        ``OUT.parts`` holds another job's parts (other files or settings).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np, soundfile as sf
+    >>> from skast import ASTFeaturizer
+    >>> from skast._jobs import run
+    >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    ...             intermediate_size=64, max_length=64)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     files = [str(Path(d) / f"{i}.wav") for i in range(3)]
+    ...     for f in files:
+    ...         sf.write(f, np.zeros(8000, np.float32), 16000)
+    ...     featurizer = ASTFeaturizer(model_config=tiny, device="cpu").fit(files)
+    ...     out, job = Path(d) / "emb.npy", dict(part_size=2, per_window=False)
+    ...     # shard 1 of 2 embeds part 1 (file 2) and joins nothing
+    ...     print(run(featurizer, files, out, **job, shard=(1, 2), restart=False,
+    ...               verbose=False))
+    ...     print(sorted(p.name for p in (Path(d) / "emb.npy.parts").iterdir()))
+    ...     # the whole job: part 0 (part 1 is written), then the join
+    ...     print(run(featurizer, files, out, **job, shard=(0, 1), restart=False,
+    ...               verbose=False), np.load(out).shape)
+    None
+    ['job.json', 'part-000001.npz']
+    (3, 32) (3, 32)
+    """
     from skast._runtime import progress_bar
 
     index, count = shard
@@ -377,8 +463,37 @@ def run(
 
 
 def merge(files, out: Path, *, per_window: bool):
-    """Join the parts in ``OUT.parts`` into ``out`` (``(rows, n_features)``);
-    a usage error when the files differ from the job's or parts are missing."""
+    """Join the parts in :func:`parts_dir` of ``out`` into ``out``, loading
+    no model (the job's settings are those its shards recorded).
+
+    Parameters
+    ----------
+    files : list of str
+        The audio files the shards ran on, in the same order.
+    out : pathlib.Path
+        The output the shards were given.
+    per_window : bool
+        As the shards ran.
+
+    Returns
+    -------
+    (int, int)
+        ``(rows, n_features)`` written to ``out``.
+
+    Raises
+    ------
+    UsageError
+        No job there, a job over other files, or parts not written yet.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from skast._jobs import merge
+    >>> merge(["a.wav"], Path("nowhere/emb.npy"), per_window=False)
+    Traceback (most recent call last):
+    ...
+    skast._commands.UsageError: no job to merge: nowhere/emb.npy.parts does not exist (or holds no job.json); run the shards first
+    """
     folder = parts_dir(out)
     job = _recorded(folder)
     here = Job.of(
@@ -413,7 +528,7 @@ def _join(folder: Path, job: Job, files, out: Path):
             "shards, or run the command without --merge and --shard to embed "
             "them here"
         )
-    with _replacing(out) as tmp:
+    with _replacing(out, folder=folder) as tmp:  # a kill leaves it in folder
         rows = WRITERS[out.suffix.lower()](tmp, job, _rows(folder, job, files))
     shutil.rmtree(folder, ignore_errors=True)
     return rows, len(job.columns)

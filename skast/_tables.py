@@ -29,6 +29,41 @@ _GROUP_BYTES = 1 << 27
 
 
 def write_npy(path: Path, job, parts) -> int:
+    """Write the embeddings as one float32 ``.npy`` array (as ``np.save``),
+    filled part by part through a memory map.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file to write.
+    job : skast._jobs.Job
+        ``columns``, ``n_files``, ``per_window`` (and ``embedding``, ``info``
+        for the parquet metadata).
+    parts : iterable of (list of str, ndarray or None, ndarray)
+        Each part's file names (one per row), window starts (with
+        ``per_window``) and float32 embeddings, in order.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from skast._jobs import Job
+    >>> from skast._tables import write_npy
+    >>> job = Job.of(["a.wav", "b.wav", "c.wav"], part_size=2, per_window=False,
+    ...              embedding={}, columns=["e0", "e1"])
+    >>> parts = [(["a.wav", "b.wav"], None, np.ones((2, 2), np.float32)),
+    ...          (["c.wav"], None, np.zeros((1, 2), np.float32))]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = Path(d) / "emb.npy"
+    ...     print(write_npy(path, job, parts), np.load(path).tolist())
+    3 [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    """
     out = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.float32, shape=(job.n_files, len(job.columns))
     )
@@ -42,6 +77,40 @@ def write_npy(path: Path, job, parts) -> int:
 
 
 def write_csv(path: Path, job, parts) -> int:
+    """Write a ``.csv``: a header, then ``file[, start], values...`` rows.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file to write.
+    job : skast._jobs.Job
+        ``columns``, ``n_files``, ``per_window`` (and ``embedding``, ``info``
+        for the parquet metadata).
+    parts : iterable of (list of str, ndarray or None, ndarray)
+        Each part's file names (one per row), window starts (with
+        ``per_window``) and float32 embeddings, in order.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from skast._jobs import Job
+    >>> from skast._tables import write_csv
+    >>> job = Job.of(["a.wav", "b.wav", "c.wav"], part_size=2, per_window=False,
+    ...              embedding={}, columns=["e0", "e1"])
+    >>> parts = [(["a.wav", "b.wav"], None, np.ones((2, 2), np.float32)),
+    ...          (["c.wav"], None, np.zeros((1, 2), np.float32))]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = Path(d) / "emb.csv"
+    ...     print(write_csv(path, job, parts), path.read_text().split())
+    3 ['file,e0,e1', 'a.wav,1.0,1.0', 'b.wav,1.0,1.0', 'c.wav,0.0,0.0']
+    """
     rows = 0
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -56,6 +125,43 @@ def write_csv(path: Path, job, parts) -> int:
 
 
 def write_parquet(path: Path, job, parts) -> int:
+    """Write a ``.parquet``: ``file`` (string), ``start`` (float64, with
+    ``per_window``) and float32 value columns, in row groups of about 128 MB,
+    with the job's embedding settings as JSON under :data:`PARQUET_KEY`.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file to write.
+    job : skast._jobs.Job
+        ``columns``, ``n_files``, ``per_window`` (and ``embedding``, ``info``
+        for the parquet metadata).
+    parts : iterable of (list of str, ndarray or None, ndarray)
+        Each part's file names (one per row), window starts (with
+        ``per_window``) and float32 embeddings, in order.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> import pyarrow.parquet as pq
+    >>> from skast._jobs import Job
+    >>> from skast._tables import write_parquet
+    >>> job = Job.of(["a.wav", "b.wav", "c.wav"], part_size=2, per_window=False,
+    ...              embedding={}, columns=["e0", "e1"])
+    >>> parts = [(["a.wav", "b.wav"], None, np.ones((2, 2), np.float32)),
+    ...          (["c.wav"], None, np.zeros((1, 2), np.float32))]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = Path(d) / "emb.parquet"
+    ...     print(write_parquet(path, job, parts), pq.read_table(path).column("file").to_pylist())
+    3 ['a.wav', 'b.wav', 'c.wav']
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
