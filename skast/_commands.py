@@ -168,7 +168,7 @@ def cmd_embed(args) -> int:
     """Embed in parts that a rerun resumes (skast._jobs), then join them."""
     import os
 
-    from skast import _jobs
+    from skast import _jobs, _shards
 
     files = _audio_files(args.inputs)
     out = Path(args.output)
@@ -177,7 +177,7 @@ def cmd_embed(args) -> int:
         args.window_hop is None or out.suffix.lower() not in (".csv", ".parquet")
     ):
         raise UsageError("--per-window needs --window-hop and a .csv or .parquet -o")
-    shard = _jobs.check_job_args(args, out, os.environ)
+    shard = _shards.check_job_args(args, out, os.environ)
     if args.merge:  # joins the parts: no model
         done = _jobs.merge(files, out, per_window=args.per_window)
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PARQUET_KEY", "WRITERS", "write_csv", "write_npy", "write_parquet"]
+__all__ = ["PARQUET_KEY", "write_table"]
 
 #: The parquet key-value metadata that describes the rows (JSON).
 PARQUET_KEY = b"skast"
@@ -28,42 +28,8 @@ PARQUET_KEY = b"skast"
 _GROUP_BYTES = 1 << 27
 
 
-def write_npy(path: Path, job, parts) -> int:
-    """Write the embeddings as one float32 ``.npy`` array (as ``np.save``),
-    filled part by part through a memory map.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        The file to write.
-    job : skast._jobs.Job
-        ``columns``, ``n_files``, ``per_window`` (and ``embedding``, ``info``
-        for the parquet metadata).
-    parts : iterable of (list of str, ndarray or None, ndarray)
-        Each part's file names (one per row), window starts (with
-        ``per_window``) and float32 embeddings, in order.
-
-    Returns
-    -------
-    int
-        The number of rows written.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> import numpy as np
-    >>> from skast._jobs import Job
-    >>> from skast._tables import write_npy
-    >>> job = Job.of(["a.wav", "b.wav", "c.wav"], part_size=2, per_window=False,
-    ...              embedding={}, columns=["e0", "e1"])
-    >>> parts = [(["a.wav", "b.wav"], None, np.ones((2, 2), np.float32)),
-    ...          (["c.wav"], None, np.zeros((1, 2), np.float32))]
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     path = Path(d) / "emb.npy"
-    ...     print(write_npy(path, job, parts), np.load(path).tolist())
-    3 [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
-    """
+def _npy(path: Path, job, parts) -> int:
+    """One float32 array, as ``np.save`` writes it, filled through a memory map."""
     out = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.float32, shape=(job.n_files, len(job.columns))
     )
@@ -76,41 +42,8 @@ def write_npy(path: Path, job, parts) -> int:
     return row
 
 
-def write_csv(path: Path, job, parts) -> int:
-    """Write a ``.csv``: a header, then ``file[, start], values...`` rows.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        The file to write.
-    job : skast._jobs.Job
-        ``columns``, ``n_files``, ``per_window`` (and ``embedding``, ``info``
-        for the parquet metadata).
-    parts : iterable of (list of str, ndarray or None, ndarray)
-        Each part's file names (one per row), window starts (with
-        ``per_window``) and float32 embeddings, in order.
-
-    Returns
-    -------
-    int
-        The number of rows written.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> import numpy as np
-    >>> from skast._jobs import Job
-    >>> from skast._tables import write_csv
-    >>> job = Job.of(["a.wav", "b.wav", "c.wav"], part_size=2, per_window=False,
-    ...              embedding={}, columns=["e0", "e1"])
-    >>> parts = [(["a.wav", "b.wav"], None, np.ones((2, 2), np.float32)),
-    ...          (["c.wav"], None, np.zeros((1, 2), np.float32))]
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     path = Path(d) / "emb.csv"
-    ...     print(write_csv(path, job, parts), path.read_text().split())
-    3 ['file,e0,e1', 'a.wav,1.0,1.0', 'b.wav,1.0,1.0', 'c.wav,0.0,0.0']
-    """
+def _csv(path: Path, job, parts) -> int:
+    """A header, then ``file[, start], values...`` rows."""
     rows = 0
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -124,44 +57,9 @@ def write_csv(path: Path, job, parts) -> int:
     return rows
 
 
-def write_parquet(path: Path, job, parts) -> int:
-    """Write a ``.parquet``: ``file`` (string), ``start`` (float64, with
-    ``per_window``) and float32 value columns, in row groups of about 128 MB,
-    with the job's embedding settings as JSON under :data:`PARQUET_KEY`.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        The file to write.
-    job : skast._jobs.Job
-        ``columns``, ``n_files``, ``per_window`` (and ``embedding``, ``info``
-        for the parquet metadata).
-    parts : iterable of (list of str, ndarray or None, ndarray)
-        Each part's file names (one per row), window starts (with
-        ``per_window``) and float32 embeddings, in order.
-
-    Returns
-    -------
-    int
-        The number of rows written.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> import numpy as np
-    >>> import pyarrow.parquet as pq
-    >>> from skast._jobs import Job
-    >>> from skast._tables import write_parquet
-    >>> job = Job.of(["a.wav", "b.wav", "c.wav"], part_size=2, per_window=False,
-    ...              embedding={}, columns=["e0", "e1"])
-    >>> parts = [(["a.wav", "b.wav"], None, np.ones((2, 2), np.float32)),
-    ...          (["c.wav"], None, np.zeros((1, 2), np.float32))]
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     path = Path(d) / "emb.parquet"
-    ...     print(write_parquet(path, job, parts), pq.read_table(path).column("file").to_pylist())
-    3 ['a.wav', 'b.wav', 'c.wav']
-    """
+def _parquet(path: Path, job, parts) -> int:
+    """``file``, ``start`` (with ``per_window``) and float32 columns, in row groups
+    of about 128 MB, with the embedding settings under :data:`PARQUET_KEY`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -199,4 +97,52 @@ def write_parquet(path: Path, job, parts) -> int:
     return rows
 
 
-WRITERS = {".npy": write_npy, ".csv": write_csv, ".parquet": write_parquet}
+_WRITERS = {".npy": _npy, ".csv": _csv, ".parquet": _parquet}
+
+
+def write_table(path: Path, job, parts, *, suffix: str) -> int:
+    """Write the rows of ``parts`` to ``path`` in the format of ``suffix``.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file to write (a temporary name: the format is ``suffix``'s).
+    job : skast._jobs.Job
+        ``columns``, ``n_files``, ``per_window``, and for ``.parquet`` the
+        ``embedding`` settings and ``info`` recorded in its metadata.
+    parts : iterable of (list of str, ndarray or None, ndarray)
+        Each part's file names (one per row), window starts in seconds (with
+        ``per_window``) and float32 embeddings, in order.
+    suffix : {".npy", ".csv", ".parquet"}
+        The format.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> import pyarrow.parquet as pq
+    >>> from skast._jobs import Job
+    >>> from skast._tables import PARQUET_KEY, write_table
+    >>> job = Job.of(["a.wav", "b.wav", "c.wav"], part_size=2, per_window=False,
+    ...              embedding={"pooling": "mean"}, columns=["e0", "e1"])
+    >>> parts = [(["a.wav", "b.wav"], None, np.ones((2, 2), np.float32)),
+    ...          (["c.wav"], None, np.zeros((1, 2), np.float32))]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     print(write_table(Path(d) / "t", job, parts, suffix=".csv"))
+    ...     print((Path(d) / "t").read_text().split())
+    ...     write_table(Path(d) / "t", job, parts, suffix=".parquet")
+    ...     print(pq.read_table(Path(d) / "t").column("e0").to_pylist())
+    ...     print(json.loads(pq.read_schema(Path(d) / "t").metadata[PARQUET_KEY]))
+    3
+    ['file,e0,e1', 'a.wav,1.0,1.0', 'b.wav,1.0,1.0', 'c.wav,0.0,0.0']
+    3
+    [1.0, 1.0, 0.0]
+    {'pooling': 'mean', 'per_window': False, 'n_files': 3}
+    """
+    return _WRITERS[suffix](path, job, parts)
