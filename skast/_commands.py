@@ -165,7 +165,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from skast import ASTFeaturizer
+    """Embed in parts that a rerun resumes (skast._jobs), then join them."""
+    import os
+
+    from skast import _jobs, _shards
 
     files = _audio_files(args.inputs)
     out = Path(args.output)
@@ -174,36 +177,47 @@ def cmd_embed(args) -> int:
         args.window_hop is None or out.suffix.lower() not in (".csv", ".parquet")
     ):
         raise UsageError("--per-window needs --window-hop and a .csv or .parquet -o")
-    if args.model is not None:
-        featurizer = _saved_model(
-            args, "ASTFeaturizer", _EMBED_MODEL, verbose=not args.quiet
+    shard = _shards.check_job_args(args, out, os.environ)
+    if args.merge:  # joins the parts: no model
+        done = _jobs.merge(files, out, per_window=args.per_window)
+    else:
+        done = _jobs.run(
+            _embed_featurizer(args, files),
+            files,
+            out,
+            part_size=args.part_size,
+            per_window=args.per_window,
+            shard=shard,
+            restart=args.restart,
+            verbose=not args.quiet,
+        )
+    if done is None:
+        print(
+            f"shard {shard[0]}/{shard[1]}: its parts are in {_jobs.parts_dir(out)}; "
+            "once every shard is done, join them with the same command and --merge"
         )
     else:
-        featurizer = ASTFeaturizer(
-            args.checkpoint,
-            max_length=args.max_length,
-            pooling=args.pooling,
-            layer=args.layer,
-            window_hop=args.window_hop,
-            batch_size=args.batch_size,
-            device=args.device,
-            num_workers=args.num_workers,
-            verbose=not args.quiet,
-        ).fit(files)
-    columns = list(featurizer.get_feature_names_out())
-    if args.per_window:  # one row per window: file, start (s), embedding
-        import numpy as np
-
-        rows, starts = featurizer.transform_windows(files)
-        names = [f for f, r in zip(files, rows) for _ in r]
-        embeddings = np.concatenate(rows)
-        table = np.column_stack([np.concatenate(starts), embeddings])
-        _write_table(out, names, table, ["start", *columns])
-    else:
-        embeddings = featurizer.transform(files)
-        _write_table(out, files, embeddings, columns)
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out}")
+        print(f"wrote {done[0]} x {done[1]} embeddings to {out}")
     return 0
+
+
+def _embed_featurizer(args, files):
+    """embed's fitted featurizer: ``--model DIR``'s, or one of ``--checkpoint``
+    (its progress bar off: the job shows one over all the files)."""
+    from skast import ASTFeaturizer
+
+    if args.model is not None:
+        return _saved_model(args, "ASTFeaturizer", _EMBED_MODEL, verbose=False)
+    return ASTFeaturizer(
+        args.checkpoint,
+        max_length=args.max_length,
+        pooling=args.pooling,
+        layer=args.layer,
+        window_hop=args.window_hop,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+    ).fit(files)
 
 
 def cmd_tag(args) -> int:

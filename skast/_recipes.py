@@ -17,6 +17,7 @@ Examples
 
 __all__ = [
     "CHECKPOINT",
+    "EMBED_PART_SIZE",
     "NORM_STATS",
     "NUM_MEL_BINS",
     "POOLINGS",
@@ -34,6 +35,10 @@ NUM_MEL_BINS = 128
 #: The AST paper's AudioSet model on the Hugging Face hub (10x10 strides,
 #: 1024 frames): what the command line and the examples start from.
 CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+#: Files per part of a ``skast embed`` job: the work a killed run can lose,
+#: and the unit that ``--shard`` deals out (skast._jobs).
+EMBED_PART_SIZE = 1024
 
 #: How the encoder's tokens are pooled into one vector (the ``pooling``
 #: parameter): their mean, the [CLS] or distillation token, the patches' mean.

@@ -19,7 +19,7 @@ from skast._commands import (
     cmd_predict,
     cmd_tag,
 )
-from skast._recipes import CHECKPOINT, POOLINGS, RECIPES
+from skast._recipes import CHECKPOINT, EMBED_PART_SIZE, POOLINGS, RECIPES
 
 # ---------------------------------------------------------------------- parser
 
@@ -103,6 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
         "with its start in seconds",
     )
     p.add_argument("--batch-size", type=int, default=16)
+    job = p.add_argument_group(
+        "corpus jobs",
+        "The files are embedded in parts written to OUT.parts/ as they are "
+        "done; the same command after a kill resumes from them, and joins them "
+        "into OUT at the end.",
+    )
+    job.add_argument(
+        "--part-size",
+        type=int,
+        default=EMBED_PART_SIZE,
+        metavar="N",
+        help=f"files per part (default {EMBED_PART_SIZE})",
+    )
+    job.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="embed only shard I of N (the parts k with k %% N == I) and join "
+        "nothing (default: torchrun's RANK/WORLD_SIZE when set, else all)",
+    )
+    job.add_argument(
+        "--merge",
+        action="store_true",
+        help="join the parts the shards wrote into OUT, loading no model",
+    )
+    job.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the parts in OUT.parts (another job's) and start over",
+    )
     device_args(p)
     p.set_defaults(func=cmd_embed)
 
