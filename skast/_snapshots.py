@@ -224,7 +224,7 @@ class SnapshotDir:
     Parameters
     ----------
     directory : str or path-like
-        Created at the first write.
+        Created by :meth:`latest`.
     key : dict
         The fit's :func:`fingerprint`.
 
@@ -250,6 +250,12 @@ class SnapshotDir:
         warning."""
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"snapshot_dir='{self.directory}' is not a directory")
+        try:  # now, not after the first epoch
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(
+                f"snapshot_dir='{self.directory}' cannot be created: {err}"
+            ) from err
         folders = []
         if self.directory.is_dir():
             for p in self.directory.iterdir():
@@ -278,7 +284,7 @@ class SnapshotDir:
         warnings.warn(
             f"snapshot_dir: skipping '{folder}', not a complete snapshot ({why})",
             UserWarning,
-            stacklevel=6,
+            stacklevel=8,  # the caller of fit (through _fit_context)
         )
 
     def _manifest(self, folder: Path, epoch: int) -> dict | None:
@@ -370,9 +376,20 @@ class SnapshotDir:
 
     def write(self, epoch, trainer, stopping, average, history, done) -> None:
         """:func:`skast._training.train`'s ``on_epoch_end``: the snapshot of
-        the end of ``epoch`` (of this fit); on rank 0 only, then a barrier."""
+        the end of ``epoch`` (of this fit); on rank 0 only, then a barrier.
+        A snapshot that cannot be written (an OSError: a full disk) is a
+        warning, not an error."""
         if not _distributed() or torch.distributed.get_rank() == 0:
-            self._write(epoch, trainer, stopping, average, history, done)
+            try:
+                self._write(epoch, trainer, stopping, average, history, done)
+            except OSError as err:  # a full disk: the training is not lost
+                warnings.warn(
+                    f"snapshot_dir: cannot write the snapshot of epoch {epoch} to "
+                    f"'{self.directory}' ({err}); training goes on, and the "
+                    "previous snapshot stays",
+                    UserWarning,
+                    stacklevel=6,  # the caller of fit (through _fit_context)
+                )
         if _distributed():
             torch.distributed.barrier()
 

@@ -473,7 +473,8 @@ def train(
                     _report(record)
                 if stopping is not None and not interrupt.requested:
                     done = stopping.update(record["valid_score"], epoch, model)
-                if on_epoch_end is not None and not interrupt.requested:
+            if on_epoch_end is not None and not interrupt.requested:
+                with interrupt.caught():
                     on_epoch_end(fit_epoch, trainer, stopping, average, history, done)
             if done or interrupt.requested:
                 break

@@ -232,13 +232,38 @@ def test_a_corrupt_snapshot_is_never_loaded(tmp_path):
     raw = bytearray(state.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one flipped byte: same size, other contents
     state.write_bytes(bytes(raw))
-    with pytest.warns(UserWarning, match="epoch-0002.*not the file its manifest"):
+    match = "epoch-0002.*not the file its manifest"
+    with pytest.warns(UserWarning, match=match) as record:
         clf = classifier(**params, snapshot_dir=tmp_path).fit(X, y)
+    assert [w.filename for w in record] == [__file__]  # the caller of fit
     # started over, and trained as an uninterrupted fit
     assert all(torch.equal(v, weights(clf)[k]) for k, v in weights(reference).items())
     (tmp_path / "epoch-0002" / "snapshot.json").write_text("{not json")
     with pytest.warns(UserWarning, match="snapshot.json"):
         classifier(**params, snapshot_dir=tmp_path).fit(X, y)
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_warning(tmp_path):
+    X, y = clips(4), ["a", "b"] * 2
+    params = dict(model_config=SHORT, max_epochs=2)
+    directory = tmp_path / "snapshots"
+
+    def block(module, args):  # after the first snapshot: a file in the way
+        if (directory / "epoch-0001").is_dir():
+            shutil.rmtree(directory)
+            directory.write_text("")
+
+    handle = register_module_forward_pre_hook(block)
+    try:
+        match = "cannot write the snapshot of epoch 2"
+        with pytest.warns(UserWarning, match=match) as record:
+            clf = classifier(**params, snapshot_dir=directory).fit(X, y)
+    finally:
+        handle.remove()
+    assert [w.filename for w in record] == [__file__]  # the caller of fit
+    assert clf.n_iter_ == 2 and directory.is_file()
+    reference = classifier(**params).fit(X, y)
+    assert all(torch.equal(v, weights(clf)[k]) for k, v in weights(reference).items())
 
 
 def test_partial_fit_and_bad_values_are_refused(tmp_path):
@@ -254,6 +279,10 @@ def test_partial_fit_and_bad_values_are_refused(tmp_path):
     file.write_text("")
     with pytest.raises(ValueError, match="is not a directory"):
         classifier(model_config=SHORT, snapshot_dir=file).fit(clips(2), ["a", "b"])
+    with pytest.raises(ValueError, match="cannot be created"):
+        classifier(model_config=SHORT, snapshot_dir=file / "sub").fit(
+            clips(2), ["a", "b"]
+        )
 
 
 def test_finetune_command_writes_snapshots(tmp_path):
