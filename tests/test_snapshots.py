@@ -3,6 +3,7 @@ epoch of four goes on in a new process and ends with the model of an
 uninterrupted fit; snapshots of other fits, incomplete or corrupt ones, and
 ``partial_fit``."""
 
+import json
 import os
 import shutil
 import signal
@@ -65,6 +66,47 @@ classifier(**VARIANTS[variant], snapshot_dir=directory).fit(*data())
 os._exit(4)
 """
 
+# one of two ranks of a gloo process group: a fit in which rank 0 alone
+# writes, one whose ranks see different snapshots, one that resumes
+RANK = """
+import datetime, json, os, sys
+import torch
+import torch.distributed as dist
+torch.set_num_threads(1)
+from tests.test_snapshots import data
+from tests._helpers import classifier
+from tests.conftest import SHORT
+
+rank, root = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group(
+    "gloo", init_method="file://" + os.path.join(root, "rendezvous"), rank=rank,
+    world_size=2, timeout=datetime.timedelta(seconds=60),
+)
+params = dict(model_config=SHORT, max_epochs=2)
+shared, own = os.path.join(root, "shared"), os.path.join(root, f"rank{rank}")
+out = {}
+first = classifier(**params, snapshot_dir=shared if rank == 0 else own).fit(*data())
+out["own"] = sorted(os.listdir(own)) if rank else None
+try:
+    classifier(**params, snapshot_dir=shared if rank == 0 else own).fit(*data())
+except ValueError as err:
+    out["error"] = str(err)
+again = classifier(**params, snapshot_dir=shared).fit(*data())
+w = again.model_.state_dict()
+out["same"] = all(torch.equal(v, w[k]) for k, v in first.model_.state_dict().items())
+with open(os.path.join(root, f"rank{rank}.json"), "w") as f:
+    json.dump(out, f)
+dist.destroy_process_group()
+"""
+
+
+def child_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
 
 def data():
     """Eight noise clips of two classes."""
@@ -86,10 +128,7 @@ def killed(tmp_path_factory):
     """For each variant, the snapshot directory of a fit killed (SIGKILL) in
     its third epoch of four, once the snapshot of epoch 2 is complete (and
     the one of epoch 1 deleted). The children run at once."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env = child_env()
     dirs = {v: tmp_path_factory.mktemp(v) / "snapshots" for v in VARIANTS}
     procs = {
         v: subprocess.Popen(
@@ -264,6 +303,34 @@ def test_a_snapshot_that_cannot_be_written_is_a_warning(tmp_path):
     assert clf.n_iter_ == 2 and directory.is_file()
     reference = classifier(**params).fit(X, y)
     assert all(torch.equal(v, weights(clf)[k]) for k, v in weights(reference).items())
+
+
+def test_rank_0_writes_and_every_rank_resumes_from_the_same_snapshot(tmp_path):
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(rank), str(tmp_path)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        for p in procs:
+            assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert out[1]["own"] == []  # rank 1 wrote nothing
+    assert sorted(os.listdir(tmp_path / "shared")) == ["epoch-0002"]
+    for o in out:  # one rank found rank 0's snapshot, the other none: both fail
+        assert "the ranks found different snapshots" in o["error"]
+        assert o["same"]  # and then both resumed the finished fit
 
 
 def test_partial_fit_and_bad_values_are_refused(tmp_path):
