@@ -662,7 +662,8 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             self.recipe_params_ = self._resolve_recipe()
             _check_averaging(self.recipe_params_, self.early_stopping, incremental)
             self._seed = self._draw_seed()
-        snapshots = self._snapshots(audio, targets) if not incremental else None
+        start = len(self.history_) if keeps_model else 0
+        snapshots = None if incremental else self._snapshots(audio, targets, start)
         resumed = snapshots is not None and snapshots.snapshot is not None
         if resumed:
             self._seed = snapshots.snapshot.seed
@@ -702,14 +703,16 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         self._keep_training_result(result, incremental)
         return self
 
-    def _snapshots(self, audio, targets):
+    def _snapshots(self, audio, targets, start):
         """The fit's :class:`skast._snapshots.SnapshotDir` (its latest
         snapshot read, checked to be of this fit), or None without
         ``snapshot_dir``."""
         if self.snapshot_dir is None:
             return None
         params = {**self.get_params(deep=False), **self.recipe_params_}
-        key = _snapshots.fingerprint(params, targets.classes, audio, targets.values)
+        key = _snapshots.fingerprint(
+            params, targets.classes, audio, targets.values, start
+        )
         snapshots = _snapshots.SnapshotDir(self.snapshot_dir, key)
         snapshots.latest()
         return snapshots

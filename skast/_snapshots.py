@@ -90,9 +90,12 @@ def _clip_key(audio, i: int) -> str:
     return audio.fingerprint(i)
 
 
-def fingerprint(params: Mapping, classes, audio, targets: torch.Tensor) -> dict:
+def fingerprint(
+    params: Mapping, classes, audio, targets: torch.Tensor, start: int = 0
+) -> dict:
     """What a snapshot must match to be resumed: the parameters that change
-    training, the classes and the training data.
+    training, the classes, the training data and the number of epochs the
+    model had before the fit (``start``: those of a warm start).
 
     ``params`` are the estimator's parameters with its recipe's values
     filled in; those that do not change training (``device``, ``verbose``,
@@ -110,7 +113,7 @@ def fingerprint(params: Mapping, classes, audio, targets: torch.Tensor) -> dict:
     >>> key = fingerprint({"learning_rate": 1e-3, "verbose": True}, np.array(["a", "b"]),
     ...                   audio, torch.tensor([0, 1]))
     >>> sorted(key), sorted(key["params"]), key["n_clips"]
-    (['classes', 'data', 'n_clips', 'params'], ['learning_rate'], 2)
+    (['classes', 'data', 'n_clips', 'params', 'start'], ['learning_rate'], 2)
     """
     kept = {
         k: _plain(v)
@@ -128,6 +131,7 @@ def fingerprint(params: Mapping, classes, audio, targets: torch.Tensor) -> dict:
         "params": {k: encode(v, f"params.{k}") for k, v in sorted(kept.items())},
         "classes": encode(list(_plain(list(classes))), "classes"),
         "n_clips": len(audio),
+        "start": int(start),
         "data": h.hexdigest(),
     }
 
@@ -139,6 +143,11 @@ def _differences(saved: dict, current: dict) -> list[str]:
     names = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if names:
         why.append("other parameters (" + ", ".join(names) + ")")
+    if saved.get("start") != current["start"]:
+        why.append(
+            f"a fit that starts after {current['start']} epoch(s) (warm_start), "
+            f"not {saved.get('start')}"
+        )
     if saved.get("classes") != current["classes"]:
         why.append("other classes")
     if saved.get("n_clips") != current["n_clips"]:
@@ -166,6 +175,22 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+class _Hashed:
+    """A binary file that hashes what is written to it (torch.save writes
+    its zip archive in order)."""
+
+    def __init__(self, file):
+        self.file, self.sha256, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -185,8 +210,10 @@ def _distributed() -> bool:
 
 
 def _cpu(obj):
+    """``obj`` with its tensors on the CPU (not copied when they are there:
+    they are saved before training goes on)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
+        return obj.detach().cpu()
     if isinstance(obj, dict):
         return {k: _cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -194,7 +221,12 @@ def _cpu(obj):
     return obj
 
 
-class Snapshot:
+def _record(h: dict) -> dict:
+    """A history record of Python scalars (no numpy scalar to unpickle)."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in h.items()}
+
+
+class _Snapshot:
     """A complete snapshot read from disk: its manifest and its state."""
 
     def __init__(self, folder: Path, manifest: dict, state: dict):
@@ -239,12 +271,12 @@ class SnapshotDir:
 
     def __init__(self, directory, key: dict):
         self.directory, self.key = Path(directory), key
-        self.snapshot: Snapshot | None = None
+        self.snapshot: _Snapshot | None = None
         self._bound = None
 
     # ------------------------------------------------------------------ reading
 
-    def latest(self) -> Snapshot | None:
+    def latest(self) -> _Snapshot | None:
         """The newest complete snapshot, or None; ValueError if it belongs to
         another fit. Incomplete or corrupt folders are skipped with a
         warning."""
@@ -276,7 +308,7 @@ class SnapshotDir:
                 )
             state = self._state(folder, manifest)
             if state is not None:
-                self.snapshot = Snapshot(folder, manifest, state)
+                self.snapshot = _Snapshot(folder, manifest, state)
                 return self.snapshot
         return None
 
@@ -299,6 +331,12 @@ class SnapshotDir:
             and manifest.get("format") == FORMAT
             and isinstance(manifest.get("fingerprint"), dict)
             and isinstance(manifest.get("state"), dict)
+            and isinstance(manifest.get("finished"), bool)
+            and type(manifest.get("seed")) is int
+            and 0 <= manifest["seed"] < 2**31
+            and isinstance(manifest.get("normalization"), list)
+            and len(manifest["normalization"]) == 2
+            and all(type(x) is float for x in manifest["normalization"])
         )
         if not ok:
             self._skip(folder, f"{MANIFEST} is not a skast snapshot manifest")
@@ -401,7 +439,7 @@ class SnapshotDir:
             "micro_batch": trainer.micro_batch,
             "stopping": None,
             "average": None,
-            "history": [dict(h) for h in history],
+            "history": [_record(h) for h in history],
         }
         if stopping is not None:
             names = ("scores", "best_score", "best_epoch", "best_state")
@@ -428,11 +466,15 @@ class SnapshotDir:
         )
         try:
             with open(tmp / STATE, "wb") as f:
-                torch.save(state, f)
+                hashed = _Hashed(f)  # hashed as it is written: not read again
+                torch.save(state, hashed)
                 f.flush()
                 os.fsync(f.fileno())
-            digest, size = _sha256(tmp / STATE)
-            manifest["state"] = {"file": STATE, "bytes": size, "sha256": digest}
+            manifest["state"] = {
+                "file": STATE,
+                "bytes": hashed.size,
+                "sha256": hashed.sha256.hexdigest(),
+            }
             with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1, allow_nan=True)
                 f.flush()

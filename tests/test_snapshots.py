@@ -259,7 +259,11 @@ def test_a_snapshot_of_another_fit_is_refused(tmp_path):
         assert "delete the directory" in str(err.value)
         assert not hasattr(clf, "n_iter_")  # unfitted, as it was
     # what does not change the fit may
-    classifier(**params, verbose=0, num_workers=1, device=torch.device("cpu")).fit(X, y)
+    clf = classifier(**params, verbose=0, num_workers=1, device=torch.device("cpu"))
+    clf.fit(X, y)
+    # a warm start is another fit: its model has trained before
+    with pytest.raises(ValueError, match=r"starts after 1 epoch\(s\) \(warm_start\)"):
+        clf.set_params(warm_start=True).fit(X, y)
 
 
 def test_a_corrupt_snapshot_is_never_loaded(tmp_path):
