@@ -231,7 +231,8 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         so a killed run, or a ``torchrun --max-restarts`` restart, loses at
         most one epoch. A snapshot of another fit (other parameters, classes
         or clips) raises a ValueError saying what differs: delete the
-        directory to start over. A fit that completes leaves its last
+        directory to start over (one directory serves one fit: not the
+        fits of a grid search). A fit that completes leaves its last
         snapshot, so that the same ``fit`` again returns the same model at
         once. ``device``, ``num_workers`` and ``verbose`` may differ, and
         ``random_state=None`` resumes with the snapshot's seed. Not used by
