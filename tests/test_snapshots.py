@@ -225,6 +225,34 @@ def test_a_killed_fit_resumes_to_the_model_of_an_uninterrupted_fit(
     assert sorted(p.name for p in directory.iterdir()) == ["epoch-0004"]
 
 
+def test_ctrl_c_keeps_the_last_complete_snapshot_and_the_fit_resumes(tmp_path):
+    X, y = data()
+    params = dict(BASE, normalize="fit")
+    directory = tmp_path / "snapshots"
+
+    def interrupt(module, args):  # in epoch 3, once
+        if (directory / "epoch-0002").is_dir() and not seen:
+            seen.append(module)
+            raise KeyboardInterrupt
+
+    seen = []
+    handle = register_module_forward_pre_hook(interrupt)
+    try:
+        with pytest.warns(UserWarning, match="training was interrupted"):
+            stopped = classifier(**params, snapshot_dir=directory).fit(X, y)
+    finally:
+        handle.remove()
+    assert stopped.n_iter_ == 2 and seen  # in the first batch of epoch 3
+    assert sorted(p.name for p in directory.iterdir()) == ["epoch-0002"]
+    resumed = classifier(**params, snapshot_dir=directory).fit(X, y)
+    reference = classifier(**params).fit(X, y)
+    assert resumed.normalization_ == reference.normalization_
+    assert all(
+        torch.equal(v, weights(resumed)[k]) for k, v in weights(reference).items()
+    )
+    assert [h["train_loss"] for h in resumed.history_] == reference.loss_curve_
+
+
 def test_a_completed_fit_returns_its_model_at_once(tmp_path):
     X, y = clips(4), ["a", "b"] * 2
     params = dict(model_config=SHORT, max_epochs=2, random_state=None)
