@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -15,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skast import _audio, _checkpoints
+from skast import _audio, _checkpoints, _snapshots
 from skast._base import ASTBase
 from skast._labels import guess_multilabel, head_labels
 from skast._patchout import check_patchout, drop_counts
@@ -241,6 +242,24 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         Progress bars for the features and for each epoch (with the running
         loss), and one line per epoch.
 
+    snapshot_dir : str or path-like, default=None
+        A directory where ``fit`` writes a resumable snapshot at the end of
+        each epoch (the weights, the optimizer, the schedule, the step count,
+        early stopping's or weight averaging's state, ``history_``, the seed),
+        replacing the previous one atomically. A ``fit`` with the same
+        directory, the same clips and labels and the same parameters goes on
+        after the last complete epoch and ends with the model an
+        uninterrupted fit gives (on the CPU, the same weights bit for bit);
+        so a killed run, or a ``torchrun --max-restarts`` restart, loses at
+        most one epoch. A snapshot of another fit (other parameters, classes
+        or clips) raises a ValueError saying what differs: delete the
+        directory to start over (one directory serves one fit: not the
+        fits of a grid search). A fit that completes leaves its last
+        snapshot, so that the same ``fit`` again returns the same model at
+        once. ``device``, ``num_workers`` and ``verbose`` may differ, and
+        ``random_state=None`` resumes with the snapshot's seed. Not used by
+        ``partial_fit`` (an error). See :ref:`snapshots`.
+
     recipe : {"esc50", "speechcommands", "audioset"}, default=None
         Take the hyper-parameters of one of the paper's recipes (see Notes)
         for every parameter left at its default value. The values used are
@@ -406,6 +425,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         "warm_start": ["boolean"],
         "recipe": [None, StrOptions(set(RECIPES))],
         "window_aggregation": [StrOptions({"auto", "mean", "max"})],
+        "snapshot_dir": [None, str, os.PathLike],
     }
 
     def __init__(
@@ -446,6 +466,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         warm_start=False,
         verbose=False,
         recipe=None,
+        snapshot_dir=None,
     ):
         self.checkpoint = checkpoint
         self.model_config = model_config
@@ -482,6 +503,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         self.warm_start = warm_start
         self.verbose = verbose
         self.recipe = recipe
+        self.snapshot_dir = snapshot_dir
 
     # ------------------------------------------------------------------ pretrained
 
@@ -667,6 +689,11 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             self.recipe_params_ = self._resolve_recipe()
             _check_averaging(self.recipe_params_, self.early_stopping, incremental)
             self._seed = self._draw_seed()
+        start = len(self.history_) if keeps_model else 0
+        snapshots = None if incremental else self._snapshots(audio, targets, start)
+        resumed = snapshots is not None and snapshots.snapshot is not None
+        if resumed:
+            self._seed = snapshots.snapshot.seed
         keeps_head = keeps_model and self._has_head_for(targets)
         class_weight = class_weights(self.class_weight, targets)
         device = _training_device(self.device)
@@ -674,7 +701,11 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         # restores a kept model's weights (the rest is _rollback_on_error's)
         kept = _kept_model(self.model_) if keeps_model else None
         with forked_rng(device), _restored_on_error(self, kept):
-            self._prepare(audio, keep_model=keeps_model)
+            if resumed:  # the weights are the snapshot's, its normalisation too
+                self.normalization_ = snapshots.snapshot.normalization
+                if not keeps_model:
+                    self.model_ = self._build_model().eval()
+            self._prepare(audio, keep_model=keeps_model or resumed)
             data = self._training_data(audio, targets.values)
             if not keeps_head:
                 self._new_head(targets.classes, device)
@@ -683,14 +714,35 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             self._multilabel, self._y_dtype = targets.multilabel, targets.y_dtype
             if not keeps_model:
                 self.history_ = []
+            if resumed:
+                self.history_ = snapshots.snapshot.history
             config = self._training_config(device)
             state = self.__dict__.get("_partial_state") if incremental else None
+            hooks = {}
+            if snapshots is not None:
+                snapshots.bind(self.model_, self._seed, self.normalization_)
+                hooks = dict(resume=snapshots.restore, on_epoch_end=snapshots.write)
             result = train(
                 self.model_, data, config, self.history_,
                 class_weight=class_weight, optimizer_state=state, incremental=incremental,
+                **hooks,
             )  # fmt: skip
         self._keep_training_result(result, incremental)
         return self
+
+    def _snapshots(self, audio, targets, start):
+        """The fit's :class:`skast._snapshots.SnapshotDir` (its latest
+        snapshot read, checked to be of this fit), or None without
+        ``snapshot_dir``."""
+        if self.snapshot_dir is None:
+            return None
+        params = {**self.get_params(deep=False), **self.recipe_params_}
+        key = _snapshots.fingerprint(
+            params, targets.classes, audio, targets.values, start
+        )
+        snapshots = _snapshots.SnapshotDir(self.snapshot_dir, key)
+        snapshots.latest()
+        return snapshots
 
     def _draw_seed(self) -> int:
         """The seed of a fit's randomness, drawn from ``random_state``."""
@@ -758,6 +810,12 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         if isinstance(self.freeze, bool):
             raise ValueError(
                 f"freeze must be None, 'encoder' or an int, got {self.freeze!r}"
+            )
+        if incremental and self.snapshot_dir is not None:
+            raise ValueError(
+                "snapshot_dir is not supported by partial_fit (each call is one "
+                "epoch, and the estimator keeps what the next call needs); use "
+                "fit, or pickle the estimator between calls"
             )
         if incremental and isinstance(self.class_weight, str):
             raise ValueError(

@@ -390,6 +390,7 @@ def cmd_finetune(args) -> int:
         num_workers=args.num_workers,
         random_state=args.random_state,
         verbose=not args.quiet,
+        snapshot_dir=args.snapshot_dir,
     )
     clf.fit(files, labels)
     if as_joblib:

@@ -430,6 +430,8 @@ def train(
     class_weight: torch.Tensor | None = None,
     optimizer_state: dict | None = None,
     incremental: bool = False,
+    resume: Callable | None = None,
+    on_epoch_end: Callable | None = None,
 ) -> TrainingResult:
     """Train ``model`` on the items of ``data``; append a record per epoch
     to ``history``.
@@ -442,6 +444,13 @@ def train(
     its range that ran. Ctrl-C stops after the current batch; the model keeps
     its weights (the best ones with validation, the mean of the range's
     epochs that ended before the interruption with averaging).
+
+    ``resume(trainer, stopping, average)`` puts the state of the end of an
+    earlier epoch back (the model's weights too) and returns the first epoch
+    of the fit to run; ``on_epoch_end(epoch, trainer, stopping, average,
+    history, done)`` is called after each epoch that was not interrupted
+    (``epoch`` counted from 1 in this fit, ``done`` whether early stopping
+    ends the fit there): :class:`skast._snapshots.SnapshotDir`.
     """
     validate = config.early_stopping and not incremental
     average = None
@@ -457,7 +466,8 @@ def train(
                 data.targets, config.validation_fraction, config.multilabel, config.seed
             )
             stopping = EarlyStopping(config.tol, config.n_iter_no_change)
-        for fit_epoch in range(1, 2 if incremental else config.max_epochs + 1):
+        first = 1 if resume is None else resume(trainer, stopping, average)
+        for fit_epoch in range(first, 2 if incremental else config.max_epochs + 1):
             epoch = len(history) + 1
             record = _epoch(trainer, data, train_idx, valid_idx, epoch, interrupt)
             if record is None:  # interrupted before a batch was done
@@ -471,6 +481,9 @@ def train(
                     _report(record)
                 if stopping is not None and not interrupt.requested:
                     done = stopping.update(record["valid_score"], epoch, model)
+            if on_epoch_end is not None and not interrupt.requested:
+                with interrupt.caught():
+                    on_epoch_end(fit_epoch, trainer, stopping, average, history, done)
             if done or interrupt.requested:
                 break
     if stopping is not None and stopping.best_state is not None:

@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--random-state", type=int, default=0)
+    p.add_argument(
+        "--snapshot-dir",
+        default=None,
+        metavar="DIR",
+        help="write a resumable snapshot to DIR after each epoch; the same "
+        "command with the same DIR goes on after the last complete epoch (also "
+        "under torchrun --max-restarts)",
+    )
     device_args(p)
     p.set_defaults(func=cmd_finetune)
 
