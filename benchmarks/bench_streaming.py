@@ -21,7 +21,7 @@ it computed the features of every clip first and kept them on the CPU.
 Usage::
 
     python benchmarks/bench_streaming.py [--frames 1024] [--layers 2]
-        [--clips 150 600] [--time-clips 32] [--batch-size 8] [--repeats 3]
+        [--tiny] [--clips 150 600] [--time-clips 32] [--batch-size 8] [--repeats 3]
         [--device cpu] [--json out.json]
 """
 
@@ -48,7 +48,10 @@ SECONDS = 10
 
 
 def model_config(args) -> dict:
-    return {"num_hidden_layers": args.layers, "max_length": args.frames}
+    from skast._recipes import TINY
+
+    config = dict(TINY) if args.tiny else {}
+    return {**config, "num_hidden_layers": args.layers, "max_length": args.frames}
 
 
 def classifier(args, **params):
@@ -103,6 +106,7 @@ def measure_memory(args, directory: Path) -> list[list]:
         cmd = [sys.executable, __file__, "--child", "--files", str(listing)]
         cmd += ["--frames", str(args.frames), "--layers", str(args.layers)]
         cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
+        cmd += ["--tiny"] if args.tiny else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rise = json.loads(out.stdout.strip().splitlines()[-1])["rise_mib"]
         kept = n * args.frames * 128 * 4 / 2**20
@@ -175,6 +179,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the demo's tiny width (skast._recipes.TINY)",
+    )
     parser.add_argument("--clips", type=int, nargs="+", default=[150, 600])
     parser.add_argument("--time-clips", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -191,7 +200,8 @@ def main(argv=None):
     env = environment(torch.device(args.device))
     setting = (
         f"{env['device_name']}, {env['threads']} threads, {args.layers}-layer "
-        f"AST at {args.frames} frames, batch {args.batch_size}"
+        f"{'tiny ' if args.tiny else ''}AST at {args.frames} frames, "
+        f"batch {args.batch_size}"
     )
     results = {}
     if not args.no_memory:

@@ -20,6 +20,7 @@ features and outputs in a thread of its own.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import numbers
 import os
@@ -322,6 +323,14 @@ class ASTBase(BaseEstimator):
 
     def __setstate__(self, state):
         packed = state.pop("_packed_model", None)
+        # a parameter added after the pickle was written takes its default,
+        # which is what the writing version did (new parameters default to off)
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(type(self).__init__).parameters.items()
+            if p.default is not p.empty
+        }
+        state = {**{k: v for k, v in defaults.items() if k not in state}, **state}
         super().__setstate__(state)
         if packed is not None:
             self.device_ = device_on_load(self.device_)

@@ -334,9 +334,13 @@ def load(directory):
         )
     cls = classes[name]
     config = _config(manifest["model_config"], invalid)
+    # a parameter added after the file was written takes its default, which
+    # is what the writing version did (new parameters default to off)
+    defaults = cls().get_params(deep=False)
     params = _decode_section(
-        manifest["params"], "params", cls().get_params(deep=False), invalid
+        manifest["params"], "params", defaults, invalid, optional=defaults
     )
+    params = {**defaults, **params}
     for key, value in params.items():
         if (msg := _param_error(cls, key, value)) is not None:
             raise invalid(f"params.{key}", msg)

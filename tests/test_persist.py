@@ -340,6 +340,28 @@ def test_missing_key_is_refused(copy):
     refused(copy, "skast.json", "fitted.classes_", "missing")
 
 
+def test_a_parameter_the_file_predates_takes_its_default(copy):
+    """A file written before a parameter existed (here: without ``patchout``
+    and ``batch_size``) loads with the parameter at its default."""
+    reference = skast.load(copy)
+    edit(copy, lambda m: [m["params"].pop(k) for k in ("patchout", "batch_size")])
+    loaded = skast.load(copy)
+    defaults = type(loaded)().get_params()
+    assert loaded.patchout is None and loaded.batch_size == defaults["batch_size"]
+    assert_array_equal(loaded.predict_proba(X), reference.predict_proba(X))
+
+
+def test_a_pickle_that_predates_a_parameter_takes_its_default():
+    est = CASES["string-labels"]()
+    state = est.__getstate__()
+    del state["patchout"], state["max_epochs"]  # as an earlier version wrote
+    clone = type(est).__new__(type(est))
+    clone.__setstate__(state)
+    default = type(est)().get_params()["max_epochs"]
+    assert clone.patchout is None and clone.get_params()["max_epochs"] == default
+    assert_array_equal(clone.predict_proba(X), est.predict_proba(X))
+
+
 @pytest.mark.parametrize(
     "key, change",
     [
