@@ -1,7 +1,8 @@
 """The Audio Spectrogram Transformer as a plain PyTorch module.
 
 A ViT/DeiT over a 128-bin log-mel spectrogram (Gong, Chung & Glass, 2021): a
-strided 16x16 patch embedding, ``[cls, dist, patches]`` tokens with learned
+strided 16x16 patch embedding (a convolution's weights, computed as one matrix
+product), ``[cls, dist, patches]`` tokens with learned
 absolute position embeddings, pre-LN transformer blocks on
 :func:`torch.nn.functional.scaled_dot_product_attention` with a fused qkv
 projection, a final LayerNorm, the reference pooling ``(cls + dist) / 2`` and a
@@ -204,10 +205,39 @@ _ACTIVATIONS = {
 
 
 class PatchEmbed(nn.Module):
-    """Strided convolution from a ``(B, T, F)`` spectrogram to ``(B, f*t, D)``.
+    """The patch embedding, from a ``(B, T, F)`` spectrogram to ``(B, f*t, D)``.
+
+    A strided ``p x p`` convolution (``proj``, an :class:`~torch.nn.Conv2d`,
+    so that the weights keep the reference implementations' names and shapes),
+    computed as one matrix product: the patches are gathered from a strided
+    view of the input (``Tensor.unfold``) into a ``(B, f*t, p*p)`` matrix and
+    multiplied by the flattened kernel. The products and sums are the
+    convolution's, in another order. GPUs run a 16 x 16 convolution at stride
+    10 far below their matrix-product rate; on the CPU the two take the same
+    time (``benchmarks/bench_gpu.py`` measures both). Under autocast the input
+    is cast before the patches are gathered, so the gathered matrix is made
+    once, in the lower precision, which is also what autocast's convolution
+    (or matrix product) would cast it to.
 
     Tokens come in frequency-major order (index ``fi * t + ti``), as in the
     reference implementations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> from skast._model import ASTConfig, PatchEmbed
+    >>> cfg = ASTConfig(hidden_size=8, num_attention_heads=2, max_length=32,
+    ...                 num_mel_bins=32)
+    >>> embed = PatchEmbed(cfg)
+    >>> x = torch.randn(2, 32, 32)                   # (batch, frames, mel bins)
+    >>> out = embed(x)
+    >>> out.shape                                    # 2 x 2 patches of 16 x 16
+    torch.Size([2, 4, 8])
+    >>> conv = F.conv2d(x.unsqueeze(1).transpose(2, 3), embed.proj.weight,
+    ...                 embed.proj.bias, stride=10).flatten(2).transpose(1, 2)
+    >>> torch.allclose(out, conv, atol=1e-5)
+    True
     """
 
     def __init__(self, config: ASTConfig):
@@ -221,8 +251,14 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
-        return self.proj(x).flatten(2).transpose(1, 2)
+        (p, _), (fs, ts) = self.proj.kernel_size, self.proj.stride
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            x = x.to(torch.get_autocast_dtype(device))
+        # (B, T, F) -> windows (B, t, f, p_time, p_freq), a view -> (B, f, t, p, p)
+        patches = x.unfold(1, p, ts).unfold(2, p, fs).permute(0, 2, 1, 4, 3)
+        patches = patches.reshape(x.shape[0], -1, p * p)  # the one copy
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
 class Attention(nn.Module):
