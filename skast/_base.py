@@ -31,6 +31,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from skast import _batches, _features
 from skast._checkpoints import load_checkpoint
 from skast._decode import check_rate
+from skast._fusion import compile_blocks, compile_options
 from skast._model import AST, ASTConfig
 from skast._recipes import NORM_STATS
 from skast._runtime import (
@@ -66,6 +67,8 @@ class ASTBase(BaseEstimator):
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         # seconds; windows start on 10 ms frames, so a hop is at least one
         "window_hop": [None, Interval(Real, 0.01, None, closed="left")],
+        # a dict's keys are checked by skast._fusion.compile_options
+        "torch_compile": ["boolean", dict],
         "verbose": ["verbose"],
     }
 
@@ -92,13 +95,16 @@ class ASTBase(BaseEstimator):
         """
         normalization = self._resolve_normalization()
         check_rate(self.sample_rate)  # True passes Interval(Integral)
+        compile_options(self.torch_compile)  # a bad dict fails before any loading
         device = resolve_device(self.device)
         self.device_ = str(device)
         self._autocast = resolve_autocast(self.precision, device)
         if keep_model:
             self.model_.to(device)
+            compile_blocks(self.model_, self.torch_compile, device)
             return
         self.model_ = self._build_model().to(device).eval()
+        compile_blocks(self.model_, self.torch_compile, device)
         if normalization is None:
             normalization = self._fit_normalization(audio)
         self.normalization_ = normalization
@@ -268,15 +274,16 @@ class ASTBase(BaseEstimator):
 
     def __setstate__(self, state):
         packed = state.pop("_packed_model", None)
+        state.setdefault("torch_compile", False)  # pickled before it existed
         super().__setstate__(state)
         if packed is not None:
             self.device_ = device_on_load(self.device_)
             config = ASTConfig.from_dict(packed["config"])
             model = AST.from_state_dict(config, packed["state_dict"])
             self.model_ = model.to(self.device_).eval()
-            self._autocast = resolve_autocast(
-                self.precision, torch.device(self.device_)
-            )
+            device = torch.device(self.device_)
+            self._autocast = resolve_autocast(self.precision, device)
+            compile_blocks(self.model_, self.torch_compile, device)
 
     # ------------------------------------------------------------------ saving
 

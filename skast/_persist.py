@@ -155,6 +155,9 @@ _FITTED = {
     },
 }
 _DERIVED = {"model_", "_autocast", "_fingerprint", "_partial_state"}
+# parameters added after FORMAT_VERSION 1 was first written: a file without
+# them was written before they existed and loads with their defaults
+_ADDED_PARAMS = {"torch_compile": False}
 
 
 def _params(est) -> dict:
@@ -328,8 +331,13 @@ def load(directory):
     cls = classes[name]
     config = _config(manifest["model_config"], invalid)
     params = _decode_section(
-        manifest["params"], "params", cls().get_params(deep=False), invalid
+        manifest["params"],
+        "params",
+        cls().get_params(deep=False),
+        invalid,
+        optional=_ADDED_PARAMS,
     )
+    params = {**_ADDED_PARAMS, **params}  # a file written before they existed
     for key, value in params.items():
         if (msg := _param_error(cls, key, value)) is not None:
             raise invalid(f"params.{key}", msg)
