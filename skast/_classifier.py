@@ -198,18 +198,15 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         scaler.
 
     torch_compile : bool or dict, default=False
-        Compile the transformer blocks with :func:`torch.compile`, to fuse
-        their LayerNorms, GELU and residual adds (kept in float32 under
-        autocast) into fewer kernels: ``True`` with torch's defaults, a dict
-        with keyword arguments of ``torch.compile`` (``backend``, ``mode``,
-        ``dynamic``, ``fullgraph``, ``options``). Meant for GPUs, where these
-        operations take about a third of the encoder's time; compiling takes
-        seconds to minutes, once per process (a batch of a new size compiles
-        once more), and later calls reuse it. Outputs equal the eager
-        model's to float32 rounding. Applied in ``fit`` (and on loading);
-        where ``torch.compile`` does not run (no C compiler, a platform its
-        backend lacks), a warning says so and the model runs eagerly. See
-        :ref:`torch_compile`.
+        Train and predict with the transformer blocks compiled by
+        :func:`torch.compile` (``True``: torch's defaults; a dict: its
+        keyword arguments), which fuses the LayerNorms, GELU and residual
+        adds that autocast keeps in float32. Meant for fitting on a GPU: the
+        first steps, and the first batch of each new size, wait for the
+        compilation (seconds to minutes, once per process). Outputs equal
+        the eager model's to float32 rounding. Applied in ``fit``; where
+        ``torch.compile`` does not run here, a warning says so and the model
+        runs eagerly. See :ref:`torch_compile`.
 
     num_workers : int, default=0
         DataLoader worker processes decoding audio files; 0 decodes in the

@@ -9,7 +9,11 @@ order is within ``gamma_n * sum |terms|`` of the exact sum, ``gamma_n = n u /
 two orders are within twice that of each other.
 """
 
+import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,7 +279,13 @@ def test_torch_compile_pickles_without_the_compiled_code():
     embeddings = est.transform(X)
     loaded = pickle.loads(pickle.dumps(est))
     assert loaded.torch_compile == AOT
+    # the loaded blocks are compiled again: dynamo traces a hook added to one
+    traced = []
+    loaded.model_.blocks[0].register_forward_hook(
+        lambda *_: traced.append(torch.compiler.is_compiling())
+    )
     assert_allclose(loaded.transform(X), embeddings, rtol=0, atol=40 * gamma(32))
+    assert any(traced)
 
 
 def test_torch_compile_trains_the_same_first_step():
@@ -314,3 +324,24 @@ def test_torch_compile_is_validated():
         featurizer(torch_compile="yes").fit(X)
     with pytest.raises(ValueError, match="torch_compile=.*torch.compile refuses"):
         featurizer(torch_compile={"backend": "no-such-backend"}).fit(X)
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+def test_bench_gpu_runs_its_rows(tmp_path):
+    """benchmarks/bench_gpu.py --smoke: every lever's row, on a tiny model
+    (the fine-tuning rows are left out here: they train two models)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"
+    out = tmp_path / "bench.json"
+    argv = ["--smoke", "--no-finetune", "--precision", "bfloat16", "--json", out]
+    subprocess.run([sys.executable, script, *argv], check=True, timeout=600)
+    rows = json.loads(out.read_text())["results"]["bfloat16"]["encoder"]["rows"]
+    assert list(rows) == [
+        "baseline (conv, per-call casts, eager)",
+        "patch matmul",
+        "weight copy",
+        "torch.compile",
+        "all three",
+    ]
+    assert all(r["ms"] > 0 and r["fraction"] > 0 for r in rows.values())
