@@ -6,9 +6,9 @@ and all together, against the baseline (the patch embedding as a strided
 convolution, autocast casting the float32 weights on every call, eager
 blocks):
 
-* ``patch matmul``: :class:`skast._model.PatchEmbed` as skast runs it, the
-  patches gathered into one matrix product (the baseline swaps in the
-  convolution it replaced);
+* ``patch matmul``: :class:`skast._model.PatchProjection` as skast runs it,
+  the patches gathered into one matrix product (the baseline runs torch's
+  convolution, ``nn.Conv2d.forward``, in its place);
 * ``weight copy``: :func:`skast._inference.low_precision_weights`, the
   weights cast once and kept (what :func:`skast._runtime.evaluate` does);
 * ``torch.compile``: :func:`skast._fusion.compile_blocks`, the blocks
@@ -65,23 +65,21 @@ SMOKE = dict(
 )
 
 
-def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """The patch embedding as the strided convolution skast ran before."""
-    return self.proj(x.unsqueeze(1).transpose(2, 3)).flatten(2).transpose(1, 2)
-
-
 @contextlib.contextmanager
 def patch_embedding(kind: str):
-    """``"conv"``: PatchEmbed runs the convolution for the block."""
-    from skast._model import PatchEmbed
+    """``"conv"``: the patch projection runs torch's convolution (what skast
+    ran before) for the block; ``"matmul"``: as skast runs it."""
+    from torch import nn
 
-    matmul = PatchEmbed.forward
+    from skast._model import PatchProjection
+
+    matmul = PatchProjection.forward
     if kind == "conv":
-        PatchEmbed.forward = conv_forward
+        PatchProjection.forward = nn.Conv2d.forward
     try:
         yield
     finally:
-        PatchEmbed.forward = matmul
+        PatchProjection.forward = matmul
 
 
 LEVERS = {  # row -> (patch embedding, weight copy, compiled blocks)

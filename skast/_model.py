@@ -26,7 +26,7 @@ from torch import nn
 
 from skast._recipes import POOLINGS
 
-__all__ = ["ASTConfig", "AST", "POOLINGS"]
+__all__ = ["ASTConfig", "AST", "POOLINGS", "PatchProjection"]
 
 
 @dataclass
@@ -204,46 +204,63 @@ _ACTIVATIONS = {
 }
 
 
-class PatchEmbed(nn.Module):
-    """The patch embedding, from a ``(B, T, F)`` spectrogram to ``(B, f*t, D)``.
+class PatchProjection(nn.Conv2d):
+    """The patch embedding's strided ``p x p`` convolution, computed as one
+    matrix product.
 
-    A strided ``p x p`` convolution (``proj``, an :class:`~torch.nn.Conv2d`,
-    so that the weights keep the reference implementations' names and shapes),
-    computed as one matrix product: the patches are gathered from a strided
-    view of the input (``Tensor.unfold``) into a ``(B, f*t, p*p)`` matrix and
-    multiplied by the flattened kernel. The products and sums are the
+    A :class:`~torch.nn.Conv2d` (its weights, names and shapes are the
+    reference implementations', and forward hooks on it see the convolution's
+    input and output): the patches are gathered from a strided view of the
+    ``(B, 1, F, T)`` input (``Tensor.unfold``) into one ``(B, f*t, p*p)``
+    matrix and multiplied by the flattened kernel; the ``(B, D, f, t)`` output
+    is a view of the ``(B, f*t, D)`` product. The products and sums are the
     convolution's, in another order. GPUs run a 16 x 16 convolution at stride
     10 far below their matrix-product rate; on the CPU the two take the same
-    time (``benchmarks/bench_gpu.py`` measures both). Under autocast the input
-    is cast before the patches are gathered, so the gathered matrix is made
-    once, in the lower precision, which is also what autocast's convolution
-    (or matrix product) would cast it to.
-
-    Tokens come in frequency-major order (index ``fi * t + ti``), as in the
-    reference implementations.
+    time (docs/performance.rst). Under autocast the input is cast before the
+    patches are gathered, so the matrix is made once, in the lower precision
+    (the values autocast's convolution would cast it to).
 
     Examples
     --------
     >>> import torch
     >>> import torch.nn.functional as F
-    >>> from skast._model import ASTConfig, PatchEmbed
-    >>> cfg = ASTConfig(hidden_size=8, num_attention_heads=2, max_length=32,
-    ...                 num_mel_bins=32)
-    >>> embed = PatchEmbed(cfg)
-    >>> x = torch.randn(2, 32, 32)                   # (batch, frames, mel bins)
-    >>> out = embed(x)
-    >>> out.shape                                    # 2 x 2 patches of 16 x 16
-    torch.Size([2, 4, 8])
-    >>> conv = F.conv2d(x.unsqueeze(1).transpose(2, 3), embed.proj.weight,
-    ...                 embed.proj.bias, stride=10).flatten(2).transpose(1, 2)
+    >>> from skast._model import PatchProjection
+    >>> proj = PatchProjection(1, 8, kernel_size=(16, 16), stride=(10, 10))
+    >>> x = torch.randn(2, 1, 32, 48)                  # (batch, 1, mel bins, frames)
+    >>> out = proj(x)
+    >>> out.shape                                      # 2 x 4 patches
+    torch.Size([2, 8, 2, 4])
+    >>> conv = F.conv2d(x, proj.weight, proj.bias, stride=10)
     >>> torch.allclose(out, conv, atol=1e-5)
     True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (pf, pt), (sf, st) = self.kernel_size, self.stride
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            x = x.to(torch.get_autocast_dtype(device))
+        # (B, 1, F, T) -> windows (B, f, t, pf, pt), a view
+        windows = x[:, 0].unfold(1, pf, sf).unfold(2, pt, st)
+        f, t = windows.shape[1:3]
+        patches = windows.reshape(x.shape[0], f * t, pf * pt)  # the one copy
+        out = F.linear(patches, self.weight.flatten(1), self.bias)
+        return out.transpose(1, 2).unflatten(2, (f, t))
+
+
+class PatchEmbed(nn.Module):
+    """The patch embedding, from a ``(B, T, F)`` spectrogram to ``(B, f*t, D)``:
+    a strided convolution (:class:`PatchProjection`) on the ``(B, 1, F, T)``
+    image.
+
+    Tokens come in frequency-major order (index ``fi * t + ti``), as in the
+    reference implementations.
     """
 
     def __init__(self, config: ASTConfig):
         super().__init__()
         p = config.patch_size
-        self.proj = nn.Conv2d(
+        self.proj = PatchProjection(
             1,
             config.hidden_size,
             kernel_size=(p, p),
@@ -251,14 +268,8 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (p, _), (fs, ts) = self.proj.kernel_size, self.proj.stride
-        device = x.device.type
-        if torch.is_autocast_enabled(device):
-            x = x.to(torch.get_autocast_dtype(device))
-        # (B, T, F) -> windows (B, t, f, p_time, p_freq), a view -> (B, f, t, p, p)
-        patches = x.unfold(1, p, ts).unfold(2, p, fs).permute(0, 2, 1, 4, 3)
-        patches = patches.reshape(x.shape[0], -1, p * p)  # the one copy
-        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
+        x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):

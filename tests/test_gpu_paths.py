@@ -101,6 +101,21 @@ def test_patch_embedding_keeps_the_convolution_weights():
     assert isinstance(AST(cfg).patch_embed.proj, torch.nn.Conv2d)
 
 
+def test_hooks_on_the_patch_convolution_see_its_input_and_output():
+    cfg = ASTConfig(**TINY)
+    embed = randomize_(PatchEmbed(cfg))
+    x = torch.randn(2, cfg.max_length, cfg.num_mel_bins)
+    seen = []
+    embed.proj.register_forward_hook(lambda m, args, out: seen.append((args, out)))
+    tokens = embed(x)
+    (image,), out = seen[0]
+    assert image.shape == (2, 1, cfg.num_mel_bins, cfg.max_length)
+    assert out.shape == (2, cfg.hidden_size, *cfg.grid)  # (B, D, f, t)
+    assert torch.equal(out.flatten(2).transpose(1, 2), tokens)
+    bound = gamma(cfg.patch_size**2 + 1) * conv_reference(embed, x, absolute=True)
+    assert ((tokens.double() - conv_reference(embed, x)).abs() <= bound).all()
+
+
 # ---------------------------------------------------------------- weight copies
 
 
