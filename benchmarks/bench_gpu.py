@@ -6,7 +6,7 @@ and all together, against the baseline (the patch embedding as a strided
 convolution, autocast casting the float32 weights on every call, eager
 blocks):
 
-* ``patch matmul``: :class:`skast._model.PatchProjection` as skast runs it,
+* ``patch matmul``: :class:`skast._patches.PatchProjection` as skast runs it,
   the patches gathered into one matrix product (the baseline runs torch's
   convolution, ``nn.Conv2d.forward``, in its place);
 * ``weight copy``: :func:`skast._inference.low_precision_weights`, the
@@ -71,7 +71,7 @@ def patch_embedding(kind: str):
     ran before) for the block; ``"matmul"``: as skast runs it."""
     from torch import nn
 
-    from skast._model import PatchProjection
+    from skast._patches import PatchProjection
 
     matmul = PatchProjection.forward
     if kind == "conv":
