@@ -88,6 +88,7 @@ class SkastSide:
 
         self.ckpt, self.X, self.y = ckpt, X, y
         self.device, self.precision = device, precision
+        self.params: dict = {}  # more ASTClassifier parameters (bench_gpu.py)
         self.step_seconds: list[float] = []
         self.before_training = None  # called once, before the first step
         original = _training.Trainer.step
@@ -121,7 +122,7 @@ class SkastSide:
             device=str(self.device),
             precision=self.precision,
             random_state=0,
-            **params,
+            **{**self.params, **params},
         ).fit(self.X[:n], self.y[:n])
         return {"epoch": clf.history_[0]["seconds"], "steps": self.step_seconds}
 

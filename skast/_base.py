@@ -35,6 +35,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from skast import _batches, _features, _replicas
 from skast._checkpoints import load_checkpoint
 from skast._decode import check_rate
+from skast._fusion import compile_blocks, compile_options
 from skast._model import AST, ASTConfig
 from skast._recipes import NORM_STATS
 from skast._runtime import (
@@ -72,6 +73,8 @@ class ASTBase(BaseEstimator):
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         # seconds; windows start on 10 ms frames, so a hop is at least one
         "window_hop": [None, Interval(Real, 0.01, None, closed="left")],
+        # a dict's keys are checked by skast._fusion.compile_options
+        "torch_compile": ["boolean", dict],
         "verbose": ["verbose"],
     }
 
@@ -98,14 +101,17 @@ class ASTBase(BaseEstimator):
         """
         normalization = self._resolve_normalization()
         check_rate(self.sample_rate)  # True passes Interval(Integral)
+        compile_options(self.torch_compile)  # a bad dict fails before any loading
         devices = resolve_devices(self.device)
         self.device_ = device_names(self.device, devices)
         device = devices[0]  # the model's; a list's others get replicas
         self._autocast = resolve_autocast(self.precision, device)
         if keep_model:
             self.model_.to(device)
+            compile_blocks(self.model_, self.torch_compile, device)
             return
         self.model_ = self._build_model().to(device).eval()
+        compile_blocks(self.model_, self.torch_compile, device)
         if normalization is None:
             normalization = self._fit_normalization(audio)
         self.normalization_ = normalization
@@ -339,6 +345,7 @@ class ASTBase(BaseEstimator):
             model = AST.from_state_dict(config, packed["state_dict"])
             self.model_ = model.to(device).eval()
             self._autocast = resolve_autocast(self.precision, device)
+            compile_blocks(self.model_, self.torch_compile, device)
 
     # ------------------------------------------------------------------ saving
 

@@ -223,6 +223,17 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         it) on CUDA and float32 elsewhere. float16 trains with a gradient
         scaler.
 
+    torch_compile : bool or dict, default=False
+        Train and predict with the transformer blocks compiled by
+        :func:`torch.compile` (``True``: torch's defaults; a dict: its
+        keyword arguments), which fuses the LayerNorms, GELU and residual
+        adds that autocast keeps in float32. Meant for fitting on a GPU: the
+        first steps, and the first batch of each new size, wait for the
+        compilation (seconds to minutes, once per process). Outputs equal
+        the eager model's to float32 rounding. Applied in ``fit``; where
+        ``torch.compile`` does not run here, a warning says so and the model
+        runs eagerly. See :ref:`torch_compile`.
+
     num_workers : int, default=0
         DataLoader worker processes decoding audio files; 0 decodes in the
         main process.
@@ -461,6 +472,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         weight_averaging=None,
         device=None,
         precision="auto",
+        torch_compile=False,
         num_workers=0,
         random_state=None,
         warm_start=False,
@@ -498,6 +510,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         self.weight_averaging = weight_averaging
         self.device = device
         self.precision = precision
+        self.torch_compile = torch_compile
         self.num_workers = num_workers
         self.random_state = random_state
         self.warm_start = warm_start

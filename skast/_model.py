@@ -1,7 +1,8 @@
 """The Audio Spectrogram Transformer as a plain PyTorch module.
 
 A ViT/DeiT over a 128-bin log-mel spectrogram (Gong, Chung & Glass, 2021): a
-strided 16x16 patch embedding, ``[cls, dist, patches]`` tokens with learned
+strided 16x16 patch embedding (a convolution's weights, computed as one matrix
+product), ``[cls, dist, patches]`` tokens with learned
 absolute position embeddings, pre-LN transformer blocks on
 :func:`torch.nn.functional.scaled_dot_product_attention` with a fused qkv
 projection, a final LayerNorm, the reference pooling ``(cls + dist) / 2`` and a
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skast._patches import PatchProjection
 from skast._patchout import Kept, keep_tokens
 from skast._recipes import POOLINGS
 
@@ -205,7 +207,9 @@ _ACTIVATIONS = {
 
 
 class PatchEmbed(nn.Module):
-    """Strided convolution from a ``(B, T, F)`` spectrogram to ``(B, f*t, D)``.
+    """The patch embedding, from a ``(B, T, F)`` spectrogram to ``(B, f*t, D)``:
+    a strided convolution (:class:`PatchProjection`) on the ``(B, 1, F, T)``
+    image.
 
     Tokens come in frequency-major order (index ``fi * t + ti``), as in the
     reference implementations.
@@ -214,7 +218,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, config: ASTConfig):
         super().__init__()
         p = config.patch_size
-        self.proj = nn.Conv2d(
+        self.proj = PatchProjection(
             1,
             config.hidden_size,
             kernel_size=(p, p),

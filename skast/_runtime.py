@@ -18,6 +18,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from skast._inference import low_precision_weights
+
 T = TypeVar("T")
 
 __all__ = [
@@ -342,8 +344,11 @@ def evaluate(
 
     ``model`` is in eval mode while the loop runs (its mode is restored
     after), there are no gradients, and ``fn`` runs under autocast to
-    ``dtype``. ``batches`` yields ``(indices, x)``: positions in the output
-    and the inputs, already on ``device``. A device out-of-memory error halves
+    ``dtype``, with ``model``'s copy of its weights in ``dtype``
+    (:func:`skast._inference.low_precision_weights`: made once and kept, for
+    a model in eval mode; for one in training, made for this call).
+    ``batches`` yields ``(indices, x)``: positions in the output and the
+    inputs, already on ``device``. A device out-of-memory error halves
     the pieces a batch is run in (:func:`map_in_pieces`) and later batches
     start from the size that fitted. On CUDA each batch's outputs are copied
     back asynchronously (:class:`HostCopy`) and collected after the next batch
@@ -393,8 +398,9 @@ def evaluate(
     in_flight = None  # the last batch's (indices, host copies), still copying
     was_training = model.training
     model.eval()
+    weights = low_precision_weights(model, dtype, keep=not was_training)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), weights:
             for indices, x in batches:
                 parts, limit = map_in_pieces(run, x, device, limit)
                 if in_flight is not None:
