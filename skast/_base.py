@@ -28,11 +28,11 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skast import _batches, _features
+from skast import _batches, _features, _onnx
 from skast._checkpoints import load_checkpoint
 from skast._decode import check_rate
 from skast._model import AST, ASTConfig
-from skast._recipes import NORM_STATS
+from skast._recipes import BACKENDS, NORM_STATS
 from skast._runtime import (
     PRECISIONS,
     device_on_load,
@@ -62,7 +62,9 @@ class ASTBase(BaseEstimator):
         "sample_rate": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [None, str, torch.device],
-        "precision": [StrOptions(set(PRECISIONS))],
+        # int8 only with backend="onnxruntime": checked by _setup
+        "precision": [StrOptions({*PRECISIONS, "int8"})],
+        "backend": [StrOptions(set(BACKENDS))],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         # seconds; windows start on 10 ms frames, so a hop is at least one
         "window_hop": [None, Interval(Real, 0.01, None, closed="left")],
@@ -92,9 +94,10 @@ class ASTBase(BaseEstimator):
         """
         normalization = self._resolve_normalization()
         check_rate(self.sample_rate)  # True passes Interval(Integral)
+        _onnx.check_backend(self.backend, self.precision)
         device = resolve_device(self.device)
         self.device_ = str(device)
-        self._autocast = resolve_autocast(self.precision, device)
+        self._autocast = self._resolve_autocast(device)
         if keep_model:
             self.model_.to(device)
             return
@@ -102,6 +105,10 @@ class ASTBase(BaseEstimator):
         if normalization is None:
             normalization = self._fit_normalization(audio)
         self.normalization_ = normalization
+
+    def _resolve_autocast(self, device: torch.device) -> torch.dtype | None:
+        """PyTorch's autocast dtype (int8 is ONNX Runtime's alone)."""
+        return resolve_autocast(_onnx.torch_precision(self.precision), device)
 
     def _setting(self, name: str):
         """The value in force for parameter ``name`` (a classifier's recipe may
@@ -238,18 +245,33 @@ class ASTBase(BaseEstimator):
         *,
         desc: str,
         windows=None,
+        output: tuple = ("logits",),
     ) -> np.ndarray:
         """:func:`skast._runtime.evaluate` of ``fn`` (normalised features ->
         (B, k)) over every clip (every window with ``windows``): float32
-        numpy (n, k)."""
+        numpy (n, k). ``output`` names what ``fn`` computes; with
+        ``backend="onnxruntime"``, ONNX Runtime runs ``fn``'s export
+        (:func:`skast._onnx.onnx_fn`) instead of PyTorch."""
+        dtype = self._autocast
+        # read here, so that set_params after fit applies
+        _onnx.check_backend(self.backend, self.precision)
+        if self.backend == "onnxruntime":
+            fn = _onnx.onnx_fn(self.model_, fn, output, self.precision)
+            dtype = None
         return evaluate(
             self.model_,
             fn,
             self._iter_features(audio, desc=desc, windows=windows),
             len(audio) if windows is None else len(windows),
             device=self.device_,
-            dtype=self._autocast,
+            dtype=dtype,
         )
+
+    def _graph(self):
+        """What prediction evaluates (normalised features -> logits) and its
+        name for :func:`skast._onnx.onnx_fn`; the featurizer's is its
+        pooled hidden state."""
+        return self.model_, ("logits",)
 
     # ------------------------------------------------------------------ pickling
 
@@ -274,9 +296,7 @@ class ASTBase(BaseEstimator):
             config = ASTConfig.from_dict(packed["config"])
             model = AST.from_state_dict(config, packed["state_dict"])
             self.model_ = model.to(self.device_).eval()
-            self._autocast = resolve_autocast(
-                self.precision, torch.device(self.device_)
-            )
+            self._autocast = self._resolve_autocast(torch.device(self.device_))
 
     # ------------------------------------------------------------------ saving
 

@@ -93,9 +93,22 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         Where the encoder runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         ``None`` is CUDA when available, else the CPU.
 
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+    precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without
         it) on CUDA and float32 elsewhere. Embeddings are float32 in any case.
+        With ``backend="onnxruntime"``: ``"auto"`` and ``"float32"`` run the
+        exported encoder in float32, ``"int8"`` its dynamically quantised copy
+        (int8 weights; only with that backend).
+
+    backend : {"torch", "onnxruntime"}, default="torch"
+        What runs ``transform``: PyTorch, or ONNX Runtime on the CPU (its
+        ``CPUExecutionProvider``, whatever ``device``, which then only says
+        where the features are computed). The encoder is exported with
+        :func:`torch.onnx.export` the first time, into ``$SKAST_ONNX_DIR``
+        (default ``~/.cache/skast/onnx``), keyed by a hash of the weights,
+        and never exported again for the same weights. Needs
+        ``pip install "skast[onnx]"``. Read at ``transform`` time. See
+        :ref:`onnx`.
 
     num_workers : int, default=0
         DataLoader worker processes decoding audio files; 0 decodes in the
@@ -194,6 +207,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         batch_size=16,
         device=None,
         precision="auto",
+        backend="torch",
         num_workers=0,
         cache=None,
         verbose=False,
@@ -209,6 +223,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
+        self.backend = backend
         self.num_workers = num_workers
         self.cache = cache
         self.verbose = verbose
@@ -337,12 +352,20 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
 
     def _embed_windows(self, audio, windows, desc: str = "embedding") -> np.ndarray:
         """The pooled hidden state of every window (every clip if ``None``)."""
+        embed, output = self._graph()
+        return self._forward_batches(
+            audio, embed, desc=desc, windows=windows, output=output
+        )
+
+    def _graph(self):
+        """What ``transform`` evaluates (normalised features -> pooled hidden
+        state at ``layer``) and its name, ``("embedding", layer, pooling)``."""
         model, layer, pooling = self.model_, self.layer, self.pooling
 
         def embed(x):
             return model.pool(model.forward_features(x, layer), pooling)
 
-        return self._forward_batches(audio, embed, desc=desc, windows=windows)
+        return embed, ("embedding", layer, pooling)
 
     # ------------------------------------------------------------------ cache
 
@@ -358,4 +381,6 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         settings = (self.pooling, self.layer, self.sample_rate)
         if self.window_hop is not None:  # the keys without windows stay as they were
             settings += (("window_hop", float(self.window_hop)),)
+        if self.backend != "torch":  # so do those of the torch backend
+            settings += (("backend", self.backend, self.precision),)
         return _cache.cache_key(fingerprint, settings)

@@ -16,6 +16,7 @@ Examples
 """
 
 __all__ = [
+    "BACKENDS",
     "CHECKPOINT",
     "NORM_STATS",
     "NUM_MEL_BINS",
@@ -34,6 +35,10 @@ NUM_MEL_BINS = 128
 #: The AST paper's AudioSet model on the Hugging Face hub (10x10 strides,
 #: 1024 frames): what the command line and the examples start from.
 CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+#: What runs the fitted model's inference (the ``backend`` parameter):
+#: PyTorch, or ONNX Runtime on the CPU (:mod:`skast._onnx`).
+BACKENDS = ("torch", "onnxruntime")
 
 #: How the encoder's tokens are pooled into one vector (the ``pooling``
 #: parameter): their mean, the [CLS] or distillation token, the patches' mean.
