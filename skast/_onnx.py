@@ -454,6 +454,8 @@ def describe(est, precision: str) -> dict:
             "a longer clip keeps its first max_length frames",
             "normalization": {"mean": mean, "std": std},
             "normalize": "(fbank - mean) / (2 * std)",
+            # seconds between the windows of a long clip (None: its first)
+            "window_hop": est.window_hop,
         },
     }
     if classifier:
