@@ -445,7 +445,7 @@ def cmd_export(args) -> int:
             f"'{args.model}' does not hold a fitted ASTFeaturizer or ASTClassifier "
             f"(it holds a {type(model).__name__})"
         )
-    from skast._onnx import export_estimator
+    from skast._deploy import export_estimator
 
     onnx_path, json_path = export_estimator(model, out, int8=args.int8)
     print(f"wrote {onnx_path} and {json_path}")

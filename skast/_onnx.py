@@ -17,7 +17,8 @@ whichever estimator or process asks. The ONNX Runtime session lives beside the
 model, never in the estimator (so pickles and ``save`` do not hold it) and is
 rebuilt lazily, when the weights have changed or after loading.
 
-onnxruntime is optional: ``pip install "skast[onnx]"``.
+onnxruntime is optional: ``pip install "skast[onnx]"``. ``skast export
+--onnx`` writes the same file for use without skast (:mod:`skast._deploy`).
 """
 
 from __future__ import annotations
@@ -393,118 +394,3 @@ def onnx_fn(model, fn, output: tuple, precision: str) -> Callable:
         entry = (token, _Runner(make_session(path)))
         runners[output, ort_precision] = entry
     return entry[1]
-
-
-# ---------------------------------------------------------------- deployment
-
-#: The ``torchaudio.compliance.kaldi.fbank`` arguments of skast's features
-#: (:func:`skast._features.fbank` equals that call to float32 rounding).
-FBANK_ARGS = {"sample_frequency": 16000, "window_type": "hanning"}
-
-
-def describe(est, precision: str) -> dict:
-    """What a deployment needs to run the exported model of the fitted
-    ``est`` without skast: the graph's input and output (names, shapes,
-    dtype), the features (the fbank call, ``max_length``, the normalisation)
-    and, for a classifier, the class names and the output's activation.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skast import ASTFeaturizer
-    >>> from skast._onnx import describe
-    >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-    ...             intermediate_size=64, max_length=64)
-    >>> est = ASTFeaturizer(model_config=tiny, device="cpu").fit(np.zeros((1, 800)))
-    >>> info = describe(est, "float32")
-    >>> info["input"]
-    {'name': 'features', 'shape': ['batch', 64, 128], 'dtype': 'float32'}
-    >>> info["output"]["name"], info["output"]["shape"]
-    ('embedding', ['batch', 32])
-    """
-    import skast
-
-    config = est.model_.config
-    _, output = est._graph()
-    mean, std = est.normalization_
-    classifier = output[0] == "logits"
-    width = len(est.classes_) if classifier else config.hidden_size
-    info = {
-        "format": "skast-onnx",
-        "format_version": 1,
-        "skast_version": skast.__version__,
-        "estimator": type(est).__name__,
-        "precision": precision,
-        "opset": OPSET,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["batch", config.max_length, config.num_mel_bins],
-            "dtype": "float32",
-        },
-        "output": {
-            "name": OUTPUT_NAMES[output[0]],
-            "shape": ["batch", width],
-            "dtype": "float32",
-        },
-        "features": {
-            "sample_rate": FBANK_ARGS["sample_frequency"],
-            "fbank": {**FBANK_ARGS, "num_mel_bins": config.num_mel_bins},
-            "max_length": config.max_length,
-            "padding": "frames past a clip's end are 0.0 before normalisation; "
-            "a longer clip keeps its first max_length frames",
-            "normalization": {"mean": mean, "std": std},
-            "normalize": "(fbank - mean) / (2 * std)",
-            # seconds between the windows of a long clip (None: its first)
-            "window_hop": est.window_hop,
-        },
-    }
-    if classifier:
-        multilabel = bool(est._multilabel)
-        info["output"]["activation"] = "sigmoid" if multilabel else "softmax"
-        info["classes"] = np.asarray(est.classes_).tolist()
-    else:
-        info["output"]["pooling"] = est.pooling
-        info["output"]["layer"] = est.layer
-    return info
-
-
-def export_estimator(est, directory, *, int8: bool = False) -> tuple[Path, Path]:
-    """Write the fitted ``est``'s model to ``directory`` for use without
-    skast: ``model.onnx`` (int8 weights with ``int8``) and ``model.json``
-    (:func:`describe`). The export comes from (and goes to) the cache of
-    :func:`cached_onnx`; both files are written atomically.
-
-    Returns
-    -------
-    (pathlib.Path, pathlib.Path)
-        The two files.
-
-    Examples
-    --------
-    >>> import json
-    >>> import tempfile
-    >>> import numpy as np
-    >>> from skast import ASTFeaturizer
-    >>> from skast._onnx import export_estimator
-    >>> tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-    ...             intermediate_size=64, max_length=64)
-    >>> est = ASTFeaturizer(model_config=tiny, device="cpu").fit(np.zeros((1, 800)))
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     onnx_path, json_path = export_estimator(est, d)
-    ...     json.loads(json_path.read_text())["output"]["name"]
-    'embedding'
-    """
-    import json
-    import shutil
-
-    import_onnxruntime()  # the int8 copy needs it; fail before any work
-    precision = "int8" if int8 else "float32"
-    fn, output = est._graph()
-    source = cached_onnx(est.model_, fn, output, precision)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(describe(est, precision), indent=2) + "\n"
-    onnx_path, json_path = directory / "model.onnx", directory / "model.json"
-    _replace(onnx_path, lambda tmp: shutil.copyfile(source, tmp))
-    _replace(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return onnx_path, json_path

@@ -298,6 +298,7 @@ def test_export_command_runs_without_skast(onnx_dir, trained, sounds, tmp_path):
         main(["export", str(tmp_path / "model"), str(tmp_path / "out"), "--onnx"]) == 0
     )
     info, logits = deployed_logits(tmp_path / "out", X_test)
+    assert (tmp_path / "out" / "model.onnx").stat().st_mode & 0o777 == 0o644
     assert info["classes"] == trained.classes_.tolist()
     assert info["output"]["activation"] == "softmax"
     assert info["precision"] == "float32"
