@@ -11,7 +11,17 @@ AST (transformers: ``ASTFeatureExtractor`` + ``ASTModel`` with SDPA; skast:
 * the share of ``transform``'s time that goes to its own feature path
   (checks, transfer to the device, log-mel, normalisation);
 * the encoder's share of the machine's dense matmul throughput, measured in the
-  same run (at ``--precision``, batch ``--batch-size``).
+  same run (at ``--precision``, batch ``--batch-size``);
+* with onnxruntime installed (``pip install "skast[onnx]"``), the same
+  ``transform`` with ``backend="onnxruntime"`` in float32 and int8, in the same
+  rounds: clips/s, speed-up against transformers and against skast on PyTorch,
+  and the smallest cosine similarity and largest absolute difference of the
+  embeddings against skast on PyTorch (the same weights; at 512 frames
+  transformers embeds other input, its padded 1024 frames);
+* ``--onnx-variants``: the exported encoder alone at 512 frames under other
+  ONNX Runtime settings (graph optimisation levels, intra-op threads, the
+  transformer optimiser's attention fusion, per-channel and static int8),
+  to choose the settings of ``skast._onnx.make_session``.
 
 ``--precision`` is skast's; ``--transformers-precision`` lists the precisions
 transformers runs at (default float32, its default), one row each. On a GPU::
@@ -23,13 +33,19 @@ Usage::
 
     python benchmarks/bench_embed.py [--clips 8] [--repeats 3] [--device cpu]
         [--precision float32] [--transformers-precision float32 ...]
-        [--json out.json]
+        [--no-onnx] [--onnx-variants] [--json out.json]
+
+On the CPU, run it with as many threads as cores given to it, e.g.
+``OMP_NUM_THREADS=2 taskset -c 0,1``; ONNX Runtime takes torch's thread count.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +77,25 @@ def main(argv=None):
         default=["float32"],
         choices=["float32", "bfloat16", "float16"],
     )
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="skip the onnxruntime rows"
+    )
+    parser.add_argument(
+        "--onnx-variants",
+        action="store_true",
+        help="also time ONNX Runtime settings on the encoder alone",
+    )
+    parser.add_argument(
+        "--num-hidden-layers",
+        type=int,
+        default=12,
+        help="blocks of the random model (12: the full size; fewer for a quick try)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    onnx = not args.no_onnx and importlib.util.find_spec("onnxruntime") is not None
+    # the exports of this run, not a user's cache
+    os.environ["SKAST_ONNX_DIR"] = tempfile.mkdtemp(prefix="skast-bench-onnx-")
 
     from transformers import ASTFeatureExtractor, ASTModel
 
@@ -72,7 +105,7 @@ def main(argv=None):
     device = torch.device(args.device)
     dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
     dtype = dtypes[args.precision]
-    ckpt = random_hf_checkpoint()
+    ckpt = random_hf_checkpoint(num_hidden_layers=args.num_hidden_layers)
     hf = {}
     for name in args.transformers_precision:
         model = ASTModel.from_pretrained(ckpt, attn_implementation="sdpa")
@@ -80,7 +113,7 @@ def main(argv=None):
         hf[name] = model
     fe = ASTFeatureExtractor()
     rng = np.random.default_rng(0)
-    rows, results = [], {}
+    rows, results, onnx_rows = [], {}, []
 
     def hf_embed(clips, name):
         model, out = hf[name], []
@@ -123,10 +156,61 @@ def main(argv=None):
         }
         batches = skast_features(ours, clips)
         fns["skast"] = lambda: ours.transform(clips)
+        backends = {}
+        if onnx:
+            for name in ("float32", "int8"):
+                backends[name] = ours.__class__(**ours.get_params()).set_params(
+                    backend="onnxruntime", precision=name
+                )
+                backends[name].fit(clips[:1])
+                backends[name].transform(clips[:1])  # the export: not timed
+                fns[f"onnxruntime {name}"] = lambda est=backends[name]: est.transform(
+                    clips
+                )
         fns["skast features"] = lambda: skast_features(ours, clips)
         fns["skast encoder"] = lambda: skast_encoder(ours, batches)
         med = alternate(fns, args.repeats, device)
         key = f"embed_{int(seconds)}s"
+        eager = ours.transform(clips)
+        for name, est in backends.items():
+            got = est.transform(clips)
+            cos = np.sum(got * eager, 1) / np.linalg.norm(got, axis=1)
+            cos /= np.linalg.norm(eager, axis=1)
+            base = med["transformers float32"] if "float32" in hf else np.nan
+            results[f"{key}_onnxruntime_{name}"] = {
+                "clips_per_s": args.clips / med[f"onnxruntime {name}"],
+                "speedup_vs_transformers_float32": base / med[f"onnxruntime {name}"],
+                "speedup_vs_skast_torch": med["skast"] / med[f"onnxruntime {name}"],
+                "min_cosine_vs_torch": float(cos.min()),
+                "max_abs_error_vs_torch": float(np.abs(got - eager).max()),
+            }
+            res = results[f"{key}_onnxruntime_{name}"]
+            onnx_rows.append(
+                [
+                    f"embed {seconds:.0f} s clips",
+                    f"{frames}",
+                    f"onnxruntime {name}",
+                    f"{res['clips_per_s']:.2f}",
+                    f"{res['speedup_vs_transformers_float32']:.2f}x",
+                    f"{res['speedup_vs_skast_torch']:.2f}x",
+                    f"{res['min_cosine_vs_torch']:.5f}",
+                    f"{res['max_abs_error_vs_torch']:.1e}",
+                ]
+            )
+        onnx_rows.append(
+            [
+                f"embed {seconds:.0f} s clips",
+                f"{frames}",
+                "skast torch",
+                f"{args.clips / med['skast']:.2f}",
+                f"{med['transformers float32'] / med['skast']:.2f}x"
+                if "float32" in hf
+                else "",
+                "1.00x",
+                "1",
+                "0",
+            ]
+        )
         results[key] = {
             "frames_skast": frames,
             "frames_transformers": 1024,
@@ -226,6 +310,25 @@ def main(argv=None):
         f"\nencoder: {enc['tflops'] * 1e3:.1f} GFLOP/s = {100 * enc['fraction']:.0f}% of "
         f"the measured {args.precision} matmul throughput ({enc['matmul_tflops'] * 1e3:.1f} GFLOP/s)"
     )
+    if onnx_rows:
+        print('\n### backend="onnxruntime" (CPUExecutionProvider)\n')
+        header = [
+            "task",
+            "frames",
+            "backend",
+            "clips/s",
+            "vs transformers float32",
+            "vs skast torch",
+            "min cosine vs torch",
+            "max abs error vs torch",
+        ]
+        print(markdown_table(header, onnx_rows))
+    if args.onnx_variants:
+        from _onnx_variants import onnx_variants
+
+        results["onnx_variants"] = onnx_variants(
+            ckpt, args.batch_size, args.repeats, device
+        )
     write_json(args.json, {"environment": env, "args": vars(args), "results": results})
 
 

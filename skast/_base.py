@@ -20,6 +20,7 @@ features and outputs in a thread of its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import numbers
@@ -32,12 +33,12 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skast import _batches, _features, _replicas
+from skast import _batches, _features, _onnx, _replicas
 from skast._checkpoints import load_checkpoint
 from skast._decode import check_rate
 from skast._fusion import compile_blocks, compile_options
 from skast._model import AST, ASTConfig
-from skast._recipes import NORM_STATS
+from skast._recipes import BACKENDS, NORM_STATS
 from skast._runtime import (
     PRECISIONS,
     device_names,
@@ -69,7 +70,9 @@ class ASTBase(BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         # a list's entries are checked by resolve_devices
         "device": [None, str, torch.device, list, tuple],
-        "precision": [StrOptions(set(PRECISIONS))],
+        # int8 only with backend="onnxruntime": checked by _setup
+        "precision": [StrOptions({*PRECISIONS, "int8"})],
+        "backend": [StrOptions(set(BACKENDS))],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         # seconds; windows start on 10 ms frames, so a hop is at least one
         "window_hop": [None, Interval(Real, 0.01, None, closed="left")],
@@ -102,10 +105,11 @@ class ASTBase(BaseEstimator):
         normalization = self._resolve_normalization()
         check_rate(self.sample_rate)  # True passes Interval(Integral)
         compile_options(self.torch_compile)  # a bad dict fails before any loading
+        _onnx.check_backend(self.backend, self.precision)
         devices = resolve_devices(self.device)
         self.device_ = device_names(self.device, devices)
         device = devices[0]  # the model's; a list's others get replicas
-        self._autocast = resolve_autocast(self.precision, device)
+        self._autocast = self._resolve_autocast(device)
         if keep_model:
             self.model_.to(device)
             compile_blocks(self.model_, self.torch_compile, device)
@@ -115,6 +119,10 @@ class ASTBase(BaseEstimator):
         if normalization is None:
             normalization = self._fit_normalization(audio)
         self.normalization_ = normalization
+
+    def _resolve_autocast(self, device: torch.device) -> torch.dtype | None:
+        """PyTorch's autocast dtype (int8 is ONNX Runtime's alone)."""
+        return resolve_autocast(_onnx.torch_precision(self.precision), device)
 
     def _setting(self, name: str):
         """The value in force for parameter ``name`` (a classifier's recipe may
@@ -279,16 +287,26 @@ class ASTBase(BaseEstimator):
         *,
         desc: str,
         windows=None,
+        output: tuple = ("logits",),
     ) -> np.ndarray:
         """:func:`skast._runtime.evaluate` of ``fn`` (the model, normalised
         features -> (B, k)) over every clip (every window with ``windows``):
-        float32 numpy (n, k).
+        float32 numpy (n, k). ``output`` names what ``fn`` computes; with
+        ``backend="onnxruntime"``, ONNX Runtime runs ``fn``'s export
+        (:func:`skast._onnx.onnx_fn`) instead of PyTorch.
 
         With a list of devices, one DataLoader feeds a replica of the model
         on each (:func:`skast._replicas.evaluate_on_devices`)."""
         n = len(audio) if windows is None else len(windows)
         devices = resolve_devices(self.device_)
-        model = self.model_
+        model, dtype = self.model_, self._autocast
+        # read here, so that set_params after fit applies
+        _onnx.check_backend(self.backend, self.precision)
+        if self.backend == "onnxruntime":
+            runner = _onnx.onnx_fn(
+                model, functools.partial(fn, model), output, self.precision
+            )
+            fn, dtype = (lambda _, x: runner(x)), None
         if len(devices) == 1:
             batches = self._iter_features(audio, desc=desc, windows=windows)
             return evaluate(
@@ -297,7 +315,7 @@ class ASTBase(BaseEstimator):
                 batches,
                 n,
                 device=devices[0],
-                dtype=self._autocast,
+                dtype=dtype,
             )
         with self._progress(audio, desc, windows) as bar:
             return _replicas.evaluate_on_devices(
@@ -306,11 +324,17 @@ class ASTBase(BaseEstimator):
                 self._load_batches(audio, windows, devices[0]),
                 n,
                 devices=devices,
-                dtype=self._autocast,
+                dtype=dtype,
                 featurize=lambda batch, device: self._batch_features(
                     batch, device, bar=bar
                 ),
             )
+
+    def _graph(self):
+        """What prediction evaluates, ``(model, normalised features) ->
+        logits``, and its name for :func:`skast._onnx.onnx_fn`; the
+        featurizer's is its pooled hidden state."""
+        return _call, ("logits",)
 
     # ------------------------------------------------------------------ pickling
 
@@ -344,7 +368,7 @@ class ASTBase(BaseEstimator):
             config = ASTConfig.from_dict(packed["config"])
             model = AST.from_state_dict(config, packed["state_dict"])
             self.model_ = model.to(device).eval()
-            self._autocast = resolve_autocast(self.precision, device)
+            self._autocast = self._resolve_autocast(device)
             compile_blocks(self.model_, self.torch_compile, device)
 
     # ------------------------------------------------------------------ saving
@@ -384,6 +408,11 @@ class ASTBase(BaseEstimator):
         from skast import _persist
 
         _persist.save(self, directory)
+
+
+def _call(model, x):
+    """``model``'s output for the features ``x`` (the classifier's logits)."""
+    return model(x)
 
 
 def split_windows(rows: np.ndarray, windows) -> tuple[list, list]:

@@ -218,10 +218,26 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         through :meth:`from_pretrained` (of a classifier written by
         :meth:`save_pretrained`, for instance).
 
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+    precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without
         it) on CUDA and float32 elsewhere. float16 trains with a gradient
-        scaler.
+        scaler. With ``backend="onnxruntime"``, the precision of prediction:
+        ``"auto"`` and ``"float32"`` run the exported model in float32,
+        ``"int8"`` its dynamically quantised copy (int8 weights; only with
+        that backend; training then runs as with ``"auto"``).
+
+    backend : {"torch", "onnxruntime"}, default="torch"
+        What runs prediction (``predict``, ``predict_proba``,
+        ``decision_function``...): PyTorch, or ONNX Runtime on the CPU (its
+        ``CPUExecutionProvider``, whatever ``device``, which then only says
+        where the features are computed). Training always runs on PyTorch.
+        The fitted model is exported with :func:`torch.onnx.export` the
+        first time, into ``$SKAST_ONNX_DIR`` (default
+        ``~/.cache/skast/onnx``), keyed by a hash of the weights, and never
+        exported again for the same weights. Needs
+        ``pip install "skast[onnx]"``. Read at prediction time, so a model
+        fine-tuned on a GPU can ``set_params(backend="onnxruntime")`` to
+        predict on a CPU. See :ref:`onnx`.
 
     torch_compile : bool or dict, default=False
         Train and predict with the transformer blocks compiled by
@@ -472,6 +488,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         weight_averaging=None,
         device=None,
         precision="auto",
+        backend="torch",
         torch_compile=False,
         num_workers=0,
         random_state=None,
@@ -510,6 +527,7 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         self.weight_averaging = weight_averaging
         self.device = device
         self.precision = precision
+        self.backend = backend
         self.torch_compile = torch_compile
         self.num_workers = num_workers
         self.random_state = random_state

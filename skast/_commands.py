@@ -446,3 +446,22 @@ def cmd_predict(args) -> int:
     _write_table(out, files, proba, [str(c) for c in model.classes_])
     print(f"wrote predictions for {len(files)} files to {out}")
     return 0
+
+
+def cmd_export(args) -> int:
+    if not args.onnx:
+        raise UsageError("give the format to export: --onnx")
+    out = Path(args.directory)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; export writes a directory")
+    model = _load_model(args.model)
+    if not hasattr(model, "model_"):
+        raise ValueError(
+            f"'{args.model}' does not hold a fitted ASTFeaturizer or ASTClassifier "
+            f"(it holds a {type(model).__name__})"
+        )
+    from skast._deploy import export_estimator
+
+    onnx_path, json_path = export_estimator(model, out, int8=args.int8)
+    print(f"wrote {onnx_path} and {json_path}")
+    return 0

@@ -97,9 +97,22 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         and fed by one DataLoader; the embeddings are those of one device
         (to float32 rounding), in input order. See :ref:`several_devices`.
 
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+    precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without
         it) on CUDA and float32 elsewhere. Embeddings are float32 in any case.
+        With ``backend="onnxruntime"``: ``"auto"`` and ``"float32"`` run the
+        exported encoder in float32, ``"int8"`` its dynamically quantised copy
+        (int8 weights; only with that backend).
+
+    backend : {"torch", "onnxruntime"}, default="torch"
+        What runs ``transform``: PyTorch, or ONNX Runtime on the CPU (its
+        ``CPUExecutionProvider``, whatever ``device``, which then only says
+        where the features are computed). The encoder is exported with
+        :func:`torch.onnx.export` the first time, into ``$SKAST_ONNX_DIR``
+        (default ``~/.cache/skast/onnx``), keyed by a hash of the weights,
+        and never exported again for the same weights. Needs
+        ``pip install "skast[onnx]"``. Read at ``transform`` time. See
+        :ref:`onnx`.
 
     torch_compile : bool or dict, default=False
         Compile the transformer blocks with :func:`torch.compile`, to fuse
@@ -213,6 +226,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         batch_size=16,
         device=None,
         precision="auto",
+        backend="torch",
         torch_compile=False,
         num_workers=0,
         cache=None,
@@ -229,6 +243,7 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
+        self.backend = backend
         self.torch_compile = torch_compile
         self.num_workers = num_workers
         self.cache = cache
@@ -358,12 +373,21 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
 
     def _embed_windows(self, audio, windows, desc: str = "embedding") -> np.ndarray:
         """The pooled hidden state of every window (every clip if ``None``)."""
+        embed, output = self._graph()
+        return self._forward_batches(
+            audio, embed, desc=desc, windows=windows, output=output
+        )
+
+    def _graph(self):
+        """What ``transform`` evaluates, ``(model, normalised features) ->
+        pooled hidden state at layer``, and its name, ``("embedding", layer,
+        pooling)``."""
         layer, pooling = self.layer, self.pooling
 
         def embed(model, x):
             return model.pool(model.forward_features(x, layer), pooling)
 
-        return self._forward_batches(audio, embed, desc=desc, windows=windows)
+        return embed, ("embedding", layer, pooling)
 
     # ------------------------------------------------------------------ cache
 
@@ -379,4 +403,6 @@ class ASTFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ASTBase):
         settings = (self.pooling, self.layer, self.sample_rate)
         if self.window_hop is not None:  # the keys without windows stay as they were
             settings += (("window_hop", float(self.window_hop)),)
+        if self.backend != "torch":  # so do those of the torch backend
+            settings += (("backend", self.backend, self.precision),)
         return _cache.cache_key(fingerprint, settings)

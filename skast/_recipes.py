@@ -16,6 +16,7 @@ Examples
 """
 
 __all__ = [
+    "BACKENDS",
     "CHECKPOINT",
     "EMBED_PART_SIZE",
     "NORM_STATS",
@@ -39,6 +40,9 @@ CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
 #: Files per part of a ``skast embed`` job: the work a killed run can lose,
 #: and the unit that ``--shard`` deals out (skast._jobs).
 EMBED_PART_SIZE = 1024
+#: What runs the fitted model's inference (the ``backend`` parameter):
+#: PyTorch, or ONNX Runtime on the CPU (:mod:`skast._onnx`).
+BACKENDS = ("torch", "onnxruntime")
 
 #: How the encoder's tokens are pooled into one vector (the ``pooling``
 #: parameter): their mean, the [CLS] or distillation token, the patches' mean.

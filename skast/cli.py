@@ -1,4 +1,5 @@
-"""The ``skast`` command: ``demo``, ``embed``, ``tag``, ``finetune`` and ``predict``.
+"""The ``skast`` command: ``demo``, ``embed``, ``tag``, ``finetune``, ``predict``
+and ``export``.
 
 Exit codes: 0 success, 1 a runtime failure (a model or file that cannot be
 read, ...), 2 a usage error (bad arguments), 130 interrupted.
@@ -15,6 +16,7 @@ from skast._commands import (
     UsageError,
     cmd_demo,
     cmd_embed,
+    cmd_export,
     cmd_finetune,
     cmd_predict,
     cmd_tag,
@@ -236,6 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="OUT.csv, OUT.npy or OUT.parquet of probabilities (default: print labels)",
     )
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="write a saved model as ONNX, to run without skast",
+        description="Write a fitted model (a directory written by save(), read "
+        "without running code, or a .joblib file, which is unpickled) as "
+        "DIR/model.onnx, run by ONNX Runtime without skast, and DIR/model.json, "
+        "which names its input and output and says how to compute the input "
+        'features (needs the onnx extra: pip install "skast[onnx]").',
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a directory written by save() or 'skast finetune -o DIR', or a "
+        ".joblib file",
+    )
+    p.add_argument("directory", metavar="DIR", help="where to write the files")
+    p.add_argument(
+        "--onnx", action="store_true", help="write ONNX (the one format for now)"
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --onnx: int8 weights (onnxruntime's dynamic quantisation)",
+    )
+    p.set_defaults(func=cmd_export)
     return parser
 
 
