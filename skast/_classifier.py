@@ -15,7 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skast import _audio, _checkpoints
+from skast import _audio, _checkpoints, _distributed
 from skast._base import ASTBase
 from skast._labels import guess_multilabel, head_labels
 from skast._predicting import ClassifierPredictions
@@ -355,6 +355,8 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
 
     _parameter_constraints: dict = {
         **ASTBase._common_constraints,
+        # a list: one worker per device (skast._spawned)
+        "device": [None, str, torch.device, list, tuple],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "betas": [tuple, list],
@@ -621,6 +623,13 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             return self._fit(X, y, incremental=True, classes=classes)
 
     def _fit(self, X, y, *, incremental, classes=None):
+        if isinstance(self.device, (list, tuple)):  # one worker per device
+            from skast import _spawned
+
+            devices = _spawned.check_devices(self.device)
+            method = "partial_fit" if incremental else "fit"
+            kwargs = {"classes": classes} if incremental else {}
+            return _spawned.fit_on_devices(self, devices, method, X, y, **kwargs)
         self._check_training_params(incremental)
         audio = _audio.check_audio_input(X, probe_files=True)
         fitted = self.__sklearn_is_fitted__()
@@ -913,8 +922,9 @@ def _restored_on_error(est, kept):
 
 
 def _training_device(spec) -> torch.device:
-    """The device to train on, with its index (the current CUDA device)."""
-    device = resolve_device(spec)
+    """The device to train on, with its index (the current CUDA device;
+    under torchrun, the rank's own GPU)."""
+    device = _distributed.training_device(resolve_device(spec))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
