@@ -191,9 +191,15 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
         which keeps the weights of the best validation epoch instead.
         ``None`` keeps the last epoch's weights.
 
-    device : str or torch.device, default=None
+    device : str, torch.device or list of them, default=None
         Where the model trains and runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
-        ``"mps"``. ``None`` is CUDA when available, else the CPU.
+        ``"mps"``. ``None`` is CUDA when available, else the CPU. A list
+        (``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``) makes ``fit`` and
+        ``partial_fit`` train data-parallel in one worker process per
+        device, ``batch_size`` being the batch of all of them. Under
+        ``torchrun`` every rank trains its share of each batch, ``None`` or
+        ``"cuda"`` meaning the rank's own GPU (``LOCAL_RANK``). See
+        :ref:`distributed_finetuning`.
 
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without

@@ -52,6 +52,7 @@ __all__ = [
     "AgreedInterrupt",
     "Group",
     "PeerLost",
+    "backend_of",
     "current_group",
     "leader",
     "timeout",
@@ -144,9 +145,8 @@ def current_group(device: torch.device) -> Group | None:
     if not dist.is_initialized():
         if not _launched():
             return None
-        backend = "nccl" if device.type == "cuda" else "gloo"
         with _collective(None, "the rendezvous of the ranks"):
-            dist.init_process_group(backend, timeout=timeout())
+            dist.init_process_group(timeout=timeout(), **backend_of(device))
         atexit.register(_destroy)
     if dist.get_world_size() == 1:
         return None
@@ -165,6 +165,22 @@ def leader() -> bool:
     True
     """
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def backend_of(device: torch.device) -> dict:
+    """``init_process_group``'s backend (and device) for ranks on ``device``:
+    NCCL bound to the rank's GPU, else gloo.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skast._distributed import backend_of
+    >>> backend_of(torch.device("cpu"))
+    {'backend': 'gloo'}
+    """
+    if device.type == "cuda":
+        return {"backend": "nccl", "device_id": device}
+    return {"backend": "gloo"}
 
 
 def _destroy() -> None:

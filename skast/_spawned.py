@@ -87,8 +87,14 @@ def fit_on_devices(est, devices, method: str, X, y, **kwargs):
         )
     with tempfile.TemporaryDirectory(prefix="skast-fit-") as tmp:
         tmp = Path(tmp)
-        with open(tmp / "job.pkl", "wb") as fh:
-            pickle.dump((est, method, X, y, kwargs), fh)
+        try:
+            with open(tmp / "job.pkl", "wb") as fh:
+                pickle.dump((est, method, X, y, kwargs), fh)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            raise TypeError(
+                f"device={est.device!r}: the estimator, X and y go to the "
+                f"workers pickled, and these do not pickle: {err}"
+            ) from err
         context = mp.start_processes(
             _worker,
             args=(str(tmp), [str(d) for d in devices]),
@@ -108,10 +114,11 @@ def fit_on_devices(est, devices, method: str, X, y, **kwargs):
         with open(tmp / "fitted.pkl", "rb") as fh:
             fitted, caught = pickle.load(fh)
     device = est.device
+    est.__dict__.clear()
     est.__dict__.update(fitted.__dict__)
     est.device = device
-    for message, category in caught:
-        warnings.warn(message, category, stacklevel=4)
+    for message, category in caught:  # as from the caller's fit
+        warnings.warn(message, category, stacklevel=5)
     return est
 
 
@@ -120,7 +127,7 @@ def _worker(rank: int, tmp: str, devices: list[str]) -> None:
     0) write the fitted estimator; an error goes to a file first."""
     import torch.distributed as dist
 
-    from skast._distributed import _collective, timeout
+    from skast._distributed import _collective, backend_of, timeout
 
     tmp = Path(tmp)
     device = torch.device(devices[rank])
@@ -133,11 +140,11 @@ def _worker(rank: int, tmp: str, devices: list[str]) -> None:
             est, method, X, y, kwargs = pickle.load(fh)
         with _collective(None, "the rendezvous of the workers"):
             dist.init_process_group(
-                "nccl" if device.type == "cuda" else "gloo",
                 init_method=(tmp / "rendezvous").as_uri(),
                 rank=rank,
                 world_size=len(devices),
                 timeout=timeout(),
+                **backend_of(device),
             )
         est.device = str(device)
         with warnings.catch_warnings(record=True) as caught:

@@ -46,7 +46,18 @@ FITS = {
     "augment": dict(batch_size=4, freqm=8, timem=8, mixup=0.5),
     "oom": dict(batch_size=4),
     "interrupt": dict(batch_size=4, max_epochs=3),
+    # two partial_fit calls: the optimizer's state goes on between them
+    "partial": dict(batch_size=4, partial=True),
 }
+
+
+def fit(params):
+    """The fit of a :data:`FITS` entry."""
+    params = dict(params)
+    if params.pop("partial", False):
+        clf = classifier(**params).partial_fit(X, Y, classes=["a", "b", "c"])
+        return clf.partial_fit(X, Y)
+    return classifier(**params).fit(X, Y)
 
 
 def on_training_forward(action):
@@ -107,7 +118,7 @@ def fit_all(out, rank, fits, faults):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                clf = classifier(**params).fit(X, Y)
+                clf = fit(params)
         except Exception as err:
             took = time.monotonic() - start
             (out / f"error-{rank}.txt").write_text(f"{took:.1f}\n{err}")

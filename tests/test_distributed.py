@@ -65,8 +65,7 @@ def same_state(a, b) -> bool:
 def one_process():
     """The fits of tests/_ranks.py in this process."""
     return {
-        name: classifier(**_ranks.FITS[name]).fit(_ranks.X, _ranks.Y)
-        for name in ("plain", "stopping")
+        name: _ranks.fit(_ranks.FITS[name]) for name in ("plain", "stopping", "partial")
     }
 
 
@@ -105,6 +104,14 @@ def test_two_ranks_train_the_one_process_model(job, one_process):
         np.testing.assert_allclose(
             [h["train_loss"] for h in r0["history"]], losses, rtol=1e-5
         )
+
+
+def test_partial_fit_goes_on_alike(job, one_process):
+    out, _ = job
+    r0, r1 = ranks(out, "partial")
+    assert same_state(r0["state"], r1["state"]) and r0["n_iter"] == 2
+    expected = one_process["partial"].predict_proba(_ranks.X)
+    np.testing.assert_allclose(r0["proba"], expected, atol=1e-4)
 
 
 def test_early_stopping_and_augmentation_agree_across_ranks(job, one_process):
