@@ -4,10 +4,10 @@
 tests/_ranks.py OUT CHECKPOINT FOLDER``, in this order:
 
 * the fits of :data:`FITS` (the tests run them in one process too), with
-  faults on rank 1 only: device out-of-memory errors for more than one clip
-  at once (``"oom"``), a SIGINT to itself at its second training forward
-  (``"interrupt"``); each rank writes what it ended with to
-  ``OUT/<fit>-<rank>.pt``;
+  faults on one rank: device out-of-memory errors on rank 0 for more than
+  one clip at once (``"oom"``), a SIGINT that rank 1 sends itself at its
+  second training forward (``"interrupt"``); each rank writes what it ended
+  with to ``OUT/<fit>-<rank>.pt``;
 * ``skast finetune`` of FOLDER from CHECKPOINT (``cli.main``, as the command
   runs it) to ``OUT/model``;
 * a fit whose rank 1 kills itself (SIGKILL) at its second training forward:
@@ -29,25 +29,27 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from skast._model import PatchEmbed
 from tests._helpers import classifier, clips
 
-#: 9 clips in batches of 4: the last batch's one clip leaves rank 1 none
-X = clips(9, seconds=0.35)
-Y = np.array(["a", "b", "c"] * 3)
+#: 10 clips in batches of 3: shares of 2 and 1, and a last batch whose one
+#: clip leaves rank 1 none
+X = clips(10, seconds=0.35)
+Y = np.array(["a", "b", "c"] * 3 + ["a"])
 FITS = {
-    "plain": dict(batch_size=4),
-    # 3 validation clips: shares of 2 and 1; stops at epoch 3 (no gain of 10)
+    "plain": dict(batch_size=3),
+    # 3 validation clips (shares of 2 and 1), 7 trained; stops at epoch 3
+    # (no gain of 10)
     "stopping": dict(
-        batch_size=4,
+        batch_size=3,
         early_stopping=True,
-        validation_fraction=1 / 3,
+        validation_fraction=0.3,
         n_iter_no_change=1,
         tol=10.0,
         max_epochs=8,
     ),
-    "augment": dict(batch_size=4, freqm=8, timem=8, mixup=0.5),
-    "oom": dict(batch_size=4),
-    "interrupt": dict(batch_size=4, max_epochs=3),
+    "augment": dict(batch_size=3, freqm=8, timem=8, mixup=0.5),
+    "oom": dict(batch_size=3),
+    "interrupt": dict(batch_size=3, max_epochs=3),
     # two partial_fit calls: the optimizer's state goes on between them
-    "partial": dict(batch_size=4, partial=True),
+    "partial": dict(batch_size=3, partial=True),
 }
 
 
@@ -100,19 +102,20 @@ def record(clf, caught) -> dict:
 
 def main(out, checkpoint, folder):
     out, rank = Path(out), int(os.environ["RANK"])
-    faults = {"oom": out_of_memory, "interrupt": sigint_at_second}
+    faults = {"oom": (0, out_of_memory), "interrupt": (1, sigint_at_second)}
     fit_all(out, rank, FITS, faults)
     from skast.cli import main as skast
 
     argv = ["finetune", folder, "-o", str(out / "model"), "--checkpoint"]
     argv += [checkpoint, "--epochs", "1", "--batch-size", "3", "-q"]
     assert skast(argv) == 0
-    fit_all(out, rank, {"killed": FITS["plain"]}, {"killed": kill_at_second})
+    fit_all(out, rank, {"killed": FITS["plain"]}, {"killed": (1, kill_at_second)})
 
 
 def fit_all(out, rank, fits, faults):
     for name, params in fits.items():
-        fault = faults.get(name) if rank == 1 else None
+        on, fault = faults.get(name, (None, None))
+        fault = fault if rank == on else None
         handle = on_training_forward(fault) if fault else None
         start = time.monotonic()
         try:

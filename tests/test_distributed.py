@@ -94,7 +94,7 @@ def job(tmp_path_factory):
 def test_two_ranks_train_the_one_process_model(job, one_process):
     out, _ = job
     expected = one_process["plain"].predict_proba(_ranks.X)
-    # "oom": rank 1 ran its steps one clip at a time, rank 0 whole shares
+    # "oom": rank 0 ran its steps one clip at a time, rank 1 whole shares
     for name in ("plain", "oom"):
         r0, r1 = ranks(out, name)
         assert same_state(r0["state"], r1["state"])
