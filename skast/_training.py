@@ -386,6 +386,8 @@ class Trainer:
                 self.micro_batch = size
         else:  # an empty share: no forward, zeros to the gradients' sum
             self.optimizer.zero_grad(set_to_none=True)
+            # float16: the scaler's scale must exist on a rank with no clip yet
+            self.scaler.scale(torch.zeros((), device=self.device))
         if self.group is not None:
             loss = self.group.reduce_step(self.parameters, loss)
         self.scaler.step(self.optimizer)
