@@ -25,6 +25,10 @@ implementation on CUDA, the loop's torch's default), cross-entropy loss, same pr
   subprocess's ``ru_maxrss`` keeps its parent's peak). On CUDA,
   ``torch.cuda.max_memory_allocated`` from the same two marks.
 
+``--ranks N`` measures data-parallel training instead: clips per second on 1
+and on N ranks under torchrun (gloo on the CPU, NCCL on GPUs), the scaling,
+and the peak memory per rank (benchmarks/_finetune_ranks.py).
+
 In one process, alternating, several repeats; medians. The default input is
 128 frames (the Speech Commands length) so that batch 48 of the base model
 trains in seconds per step on a few CPU cores; ``--frames 1024`` is the
@@ -35,6 +39,8 @@ Usage::
     python benchmarks/bench_finetune.py [--frames 128] [--clips 48]
         [--batch-sizes 8 16 48] [--repeats 2] [--layers 12] [--device cpu]
         [--precision auto] [--no-memory] [--json out.json]
+    python benchmarks/bench_finetune.py --ranks 2 [--threads 1] [--layers 2]
+        [--frames 128] [--clips 48] [--batch-sizes 16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _finetune_ranks  # noqa: E402
 from _common import (  # noqa: E402
     environment,
     markdown_table,
@@ -93,13 +100,13 @@ class SkastSide:
         self.before_training = None  # called once, before the first step
         original = _training.Trainer.step
 
-        def timed_step(trainer, x, t):
+        def timed_step(trainer, x, t, *args):
             if self.before_training is not None:
                 self.before_training()
                 self.before_training = None
             sync(device)
             t0 = time.perf_counter()
-            loss = original(trainer, x, t)
+            loss = original(trainer, x, t, *args)
             sync(device)
             self.step_seconds.append(time.perf_counter() - t0)
             return loss
@@ -300,6 +307,11 @@ def main(argv=None):
     )
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--ranks", type=int, default=0, help="data-parallel: 1 and N ranks"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="per rank (--ranks)")
+    parser.add_argument("--rank-child", help=argparse.SUPPRESS)  # internal
     # internal: the memory measurement's subprocess
     parser.add_argument("--child", choices=["skast", "transformers"])
     parser.add_argument("--checkpoint")
@@ -307,12 +319,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
+    if args.rank_child:
+        return _finetune_ranks.rank_child(args, make_data, LR, _peak_rss_mib)
 
     ckpt = random_hf_checkpoint(
         max_length=args.frames, num_labels=N_CLASSES, num_hidden_layers=args.layers
     )
     try:
-        _run(args, ckpt)
+        if args.ranks:
+            _finetune_ranks.run_ranks(
+                args, ckpt, write_json, markdown_table, environment
+            )
+        else:
+            _run(args, ckpt)
     finally:
         shutil.rmtree(ckpt, ignore_errors=True)
 

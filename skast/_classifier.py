@@ -16,13 +16,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skast import _audio, _checkpoints, _snapshots
+from skast import _audio, _checkpoints, _distributed, _snapshots
 from skast._base import ASTBase
 from skast._labels import guess_multilabel, head_labels
 from skast._patchout import check_patchout, drop_counts
 from skast._predicting import ClassifierPredictions
 from skast._recipes import RECIPES
-from skast._runtime import resolve_devices
+from skast._runtime import resolve_device
 from skast._targets import class_weights, encode_targets, equal
 from skast._training import (
     TrainingConfig,
@@ -211,12 +211,14 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
 
     device : str, torch.device or list of them, default=None
         Where the model trains and runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
-        ``"mps"``. ``None`` is CUDA when available, else the CPU. A list such
-        as ``["cuda:0", "cuda:1"]`` predicts with a replica of the model on
-        each device (see :ref:`several_devices`); ``fit`` and
-        ``partial_fit`` take one device in this version, so a list comes
-        through :meth:`from_pretrained` (of a classifier written by
-        :meth:`save_pretrained`, for instance).
+        ``"mps"``. ``None`` is CUDA when available, else the CPU. A list
+        (``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``) makes ``fit`` and
+        ``partial_fit`` train data-parallel in one worker process per
+        device, ``batch_size`` being the batch of all of them, and the
+        prediction methods run a replica of the model on each device (see
+        :ref:`several_devices`). Under ``torchrun`` every rank trains its
+        share of each batch, ``None`` or ``"cuda"`` meaning the rank's own
+        GPU (``LOCAL_RANK``). See :ref:`distributed_finetuning`.
 
     precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Autocast precision. ``"auto"`` is bfloat16 (float16 on GPUs without
@@ -423,6 +425,8 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
 
     _parameter_constraints: dict = {
         **ASTBase._common_constraints,
+        # a list: one worker per device (skast._spawned)
+        "device": [None, str, torch.device, list, tuple],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "betas": [tuple, list],
@@ -700,6 +704,13 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
             return self._fit(X, y, incremental=True, classes=classes)
 
     def _fit(self, X, y, *, incremental, classes=None):
+        if isinstance(self.device, (list, tuple)):  # one worker per device
+            from skast import _spawned
+
+            devices = _spawned.check_devices(self.device)
+            method = "partial_fit" if incremental else "fit"
+            kwargs = {"classes": classes} if incremental else {}
+            return _spawned.fit_on_devices(self, devices, method, X, y, **kwargs)
         self._check_training_params(incremental)
         audio = _audio.check_audio_input(X, probe_files=True)
         fitted = self.__sklearn_is_fitted__()
@@ -1030,14 +1041,9 @@ def _restored_on_error(est, kept):
 
 
 def _training_device(spec) -> torch.device:
-    """The device to train on, with its index (the current CUDA device)."""
-    if isinstance(spec, (list, tuple)):
-        raise ValueError(
-            f"device={spec!r}: device lists are used for inference only in this "
-            "version; fit on one device (a fitted model predicts on several "
-            "after ASTClassifier.from_pretrained(..., device=[...]))"
-        )
-    device = resolve_devices(spec)[0]
+    """The device to train on, with its index (the current CUDA device;
+    under torchrun, the rank's own GPU)."""
+    device = _distributed.training_device(resolve_device(spec))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -361,7 +361,7 @@ def _is_pickle_name(path: Path) -> bool:
 
 
 def cmd_finetune(args) -> int:
-    from skast import ASTClassifier
+    from skast import ASTClassifier, _distributed
 
     output = Path(args.output)
     as_joblib = _is_pickle_name(output)
@@ -393,6 +393,8 @@ def cmd_finetune(args) -> int:
         snapshot_dir=args.snapshot_dir,
     )
     clf.fit(files, labels)
+    if not _distributed.leader():  # under torchrun: rank 0 writes and reports
+        return 0
     if as_joblib:
         import joblib
 

@@ -18,6 +18,7 @@ Examples
 __all__ = [
     "BACKENDS",
     "CHECKPOINT",
+    "DISTRIBUTED_TIMEOUT",
     "EMBED_PART_SIZE",
     "NORM_STATS",
     "NUM_MEL_BINS",
@@ -47,6 +48,10 @@ BACKENDS = ("torch", "onnxruntime")
 #: How the encoder's tokens are pooled into one vector (the ``pooling``
 #: parameter): their mean, the [CLS] or distillation token, the patches' mean.
 POOLINGS = ("mean", "cls", "dist", "patch")
+
+#: Seconds a rank of a data-parallel fit waits for its peers at a collective
+#: before it fails (the ``SKAST_DISTRIBUTED_TIMEOUT`` environment variable).
+DISTRIBUTED_TIMEOUT = 600
 
 #: ``(mean, std)`` of the log-mel features of the original AST recipes.
 NORM_STATS = {

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skast import _augment, _patchout
+from skast import _augment, _distributed, _patchout
 from skast._features import normalize
 from skast._freezing import frozen, training_mode
 from skast._runtime import autocast, evaluate, progress_bar, retry_halving_on_oom
@@ -167,15 +167,27 @@ class TrainingData:
         return len(self.targets)
 
     def batches(
-        self, order: torch.Tensor, batch_size: int
-    ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
-        """The items at ``order``, ``batch_size`` at a time."""
+        self, order: torch.Tensor, batch_size: int, share=None
+    ) -> Iterator[tuple[Sequence[int], torch.Tensor | None]]:
+        """The items at ``order``, ``batch_size`` at a time; with ``share``
+        (a batch's items -> this rank's), this rank's share of each batch,
+        ``([], None)`` where it is empty."""
         order = order.tolist()
         chunks = [
             order[start : start + batch_size]
             for start in range(0, len(order), batch_size)
         ]
-        return iter(self.features(chunks))
+        if share is None:
+            return iter(self.features(chunks))
+        return _shares(self.features, [share(chunk) for chunk in chunks])
+
+
+def _shares(features, shares):
+    """``features`` of the non-empty ``shares``, with ``([], None)`` in the
+    places of the empty ones."""
+    computed = iter(features([s for s in shares if s]))
+    for s in shares:
+        yield next(computed) if s else ([], None)
 
 
 # --------------------------------------------------------------------------- losses
@@ -228,10 +240,14 @@ class Trainer:
 
     :meth:`state_dict` / :meth:`load_state_dict` carry the optimizer, the
     schedule and the step count between ``partial_fit`` calls (on the CPU).
+    With a ``group`` (:class:`skast._distributed.Group`), this rank trains
+    on its share of each batch and the steps are the ranks' together.
     """
 
-    def __init__(self, model, parameters, config: TrainingConfig, class_weight=None):
-        self.model, self.config = model, config
+    def __init__(
+        self, model, parameters, config: TrainingConfig, class_weight=None, group=None
+    ):
+        self.model, self.config, self.group = model, config, group
         device = self.device = config.device
         self.loss_fn = binary_cross_entropy if config.multilabel else soft_cross_entropy
         self.class_weight = None if class_weight is None else class_weight.to(device)
@@ -290,6 +306,16 @@ class Trainer:
         self.global_step = state["global_step"]
 
     @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer trains, in order."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    @property
+    def reports(self) -> bool:
+        """Whether this process shows progress (with ranks, rank 0 only)."""
+        return self.config.verbose and (self.group is None or self.group.leader)
+
+    @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
@@ -299,15 +325,20 @@ class Trainer:
         """Optimizer steps over the items of ``data`` at ``order``, a batch at
         a time, in training mode; stops after the batch during which an
         interrupt is requested."""
-        config, device = self.config, self.device
+        config, device, size = self.config, self.device, self.config.batch_size
         n_classes = self.model.config.num_labels
+        share = None if self.group is None else self.group.share
+        batches = data.batches(order, size, share)
         with training_mode(self.model, config.freeze):
-            for idx, x in data.batches(order, config.batch_size):
-                t = data.targets[list(idx)].to(device, non_blocking=True)
-                t = _dense(t, n_classes, config.multilabel)
-                x, t = self.augment(x, t, generator)
-                progress.add(self.step(x, t), len(idx))
-                if interrupt.requested:
+            for start, (idx, x) in zip(range(0, len(order), size), batches):
+                total = min(size, len(order) - start)  # of all the ranks
+                t = None
+                if len(idx):
+                    t = data.targets[list(idx)].to(device, non_blocking=True)
+                    t = _dense(t, n_classes, config.multilabel)
+                    x, t = self.augment(x, t, generator)
+                progress.add(self.step(x, t, total), total)
+                if interrupt.requested:  # with ranks: the one they agreed on
                     return
 
     def augment(
@@ -327,13 +358,17 @@ class Trainer:
         self.kept = _patchout.draw_kept(config.patchout, grid, generator)
         return x, t
 
-    def step(self, x: torch.Tensor, t: torch.Tensor) -> float:
+    def step(self, x: torch.Tensor, t: torch.Tensor, total: int | None = None) -> float:
         """One optimizer step on an augmented batch; the batch loss.
 
         A device out-of-memory error halves the pieces the batch is run in and
         retries: their gradients are accumulated (each loss weighted by its
         share of the batch), so the step is the same. Later steps start from
-        the size that fitted (:attr:`micro_batch`).
+        the size that fitted (:attr:`micro_batch`). With ranks, ``x`` is this
+        rank's share (None if empty) of a batch of ``total``: the pieces are
+        weighted by their share of ``total``, the gradients summed over the
+        ranks (:meth:`skast._distributed.Group.reduce_step`), and the loss is
+        the whole batch's.
         """
         lr = warmup_lr(
             self.global_step, self.config.warmup_steps, self.config.learning_rate
@@ -341,19 +376,28 @@ class Trainer:
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        n = len(x)
+        n = 0 if x is None else len(x)
+        total = total or n
 
         def whole_batch(size):  # from zero: a failed piece may leave gradients
             self.optimizer.zero_grad(set_to_none=True)
             return sum(
-                self._backward(x[i : i + size], t[i : i + size], n)
+                self._backward(x[i : i + size], t[i : i + size], total)
                 for i in range(0, n, size)
             )
 
-        first = min(n, self.micro_batch or n)
-        loss, size = retry_halving_on_oom(whole_batch, first, self.device)
-        if size != first:
-            self.micro_batch = size
+        loss = 0.0
+        if n:
+            first = min(n, self.micro_batch or n)
+            loss, size = retry_halving_on_oom(whole_batch, first, self.device)
+            if size != first:
+                self.micro_batch = size
+        else:  # an empty share: no forward, zeros to the gradients' sum
+            self.optimizer.zero_grad(set_to_none=True)
+            # float16: the scaler's scale must exist on a rank with no clip yet
+            self.scaler.scale(torch.zeros((), device=self.device))
+        if self.group is not None:
+            loss = self.group.reduce_step(self.parameters, loss)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
@@ -375,8 +419,13 @@ class Trainer:
 
     def validate(self, data: TrainingData, indices) -> tuple[float, float]:
         """``(loss, score)`` of the items at ``indices``, from their eval-mode
-        float32 logits through the one evaluation loop."""
-        multilabel = self.config.multilabel
+        float32 logits through the one evaluation loop; with ranks, each
+        evaluates its share and all gather the logits."""
+        multilabel, group = self.config.multilabel, self.group
+        n, k = len(indices), self.model.config.num_labels
+        truth = data.targets[indices]
+        if group is not None:
+            indices = indices[group.rank :: group.world]
 
         def batches():  # rows of the logits, in the order of ``indices``
             start = 0
@@ -392,7 +441,9 @@ class Trainer:
             device=self.device,
             dtype=self.config.autocast_dtype,
         )
-        logits, truth = torch.from_numpy(logits), data.targets[indices]
+        logits = torch.zeros(0, k) if logits is None else torch.from_numpy(logits)
+        if group is not None:
+            logits = group.gather_rows(logits, n)
         cw = None if self.class_weight is None else self.class_weight.cpu()
         t = _dense(truth, logits.shape[1], multilabel)
         loss = float(self.loss_fn(logits, t, cw))
@@ -445,6 +496,11 @@ def train(
     its weights (the best ones with validation, the mean of the range's
     epochs that ended before the interruption with averaging).
 
+    Under torchrun (or with an initialised process group of several ranks)
+    every rank runs this with its :class:`skast._distributed.Group`: the
+    same steps on its share of each batch, rank 0's weights to start from,
+    and the same history, stopping and weights at the end on every rank.
+
     ``resume(trainer, stopping, average)`` puts the state of the end of an
     earlier epoch back (the model's weights too) and returns the first epoch
     of the fit to run; ``on_epoch_end(epoch, trainer, stopping, average,
@@ -456,10 +512,14 @@ def train(
     average = None
     if config.weight_averaging is not None and not incremental:
         average = WeightAverage(*config.weight_averaging)
-    with frozen(model, config.freeze) as parameters, Interrupt() as interrupt:
-        trainer = Trainer(model, parameters, config, class_weight)
+    group = _distributed.current_group(config.device)
+    interrupt = Interrupt() if group is None else group.interrupt
+    with frozen(model, config.freeze) as parameters, interrupt:
+        trainer = Trainer(model, parameters, config, class_weight, group)
         if optimizer_state is not None:
             trainer.load_state_dict(optimizer_state)
+        if group is not None:
+            group.broadcast_module(model)
         train_idx = valid_idx = stopping = None
         if validate:
             train_idx, valid_idx = split(
@@ -477,10 +537,12 @@ def train(
                 history.append(record)
                 if average is not None and not interrupt.requested:
                     average.update(fit_epoch, model)
-                if config.verbose:
+                if trainer.reports:
                     _report(record)
                 if stopping is not None and not interrupt.requested:
                     done = stopping.update(record["valid_score"], epoch, model)
+            if group is not None and stopping is not None:
+                done = group.agree(done)
             if on_epoch_end is not None and not interrupt.requested:
                 with interrupt.caught():
                     on_epoch_end(fit_epoch, trainer, stopping, average, history, done)
@@ -497,9 +559,10 @@ def train(
 def _epoch(trainer, data, train_idx, valid_idx, epoch, interrupt) -> dict | None:
     """One epoch and its validation: its history record, or None if it was
     interrupted before a batch was done."""
-    config = trainer.config
-    seed = derive_seed(config.seed, EPOCH_SEED, epoch)
-    seed_torch(seed, config.device)  # dropout
+    config, group = trainer.config, trainer.group
+    seed = derive_seed(config.seed, EPOCH_SEED, epoch)  # every rank's order
+    own = seed if group is None else group.own_seed(seed)
+    seed_torch(own, config.device)  # dropout
     generator = torch.Generator().manual_seed(seed)  # order, augmentation
     clips = torch.arange(len(data)) if train_idx is None else train_idx
     if config.sampler == "balanced":
@@ -509,6 +572,8 @@ def _epoch(trainer, data, train_idx, valid_idx, epoch, interrupt) -> dict | None
         order = clips[balanced_sample(data.targets[clips], len(clips), draw)]
     else:
         order = clips[torch.randperm(len(clips), generator=generator)]
+    if own != seed:  # another rank's augmentation is its own
+        generator = torch.Generator().manual_seed(own)
     record = {
         "epoch": epoch,
         "train_loss": None,
@@ -517,7 +582,7 @@ def _epoch(trainer, data, train_idx, valid_idx, epoch, interrupt) -> dict | None
         "learning_rate": None,
         "seconds": None,
     }
-    progress = _Progress(len(order), config.verbose, f"epoch {epoch}")
+    progress = _Progress(len(order), trainer.reports, f"epoch {epoch}")
     start = time.perf_counter()
     with interrupt.caught():
         with progress:
@@ -528,12 +593,15 @@ def _epoch(trainer, data, train_idx, valid_idx, epoch, interrupt) -> dict | None
             if valid_idx is not None:
                 loss, score = trainer.validate(data, valid_idx)
                 record.update(valid_loss=loss, valid_score=score)
+    seconds = time.perf_counter() - start
+    if group is not None:  # every rank's record alike
+        seconds = group.end_epoch(seconds)
     if not progress.seen:
         return None
     record["train_loss"] = progress.mean_loss
     if record["learning_rate"] is None:
         record["learning_rate"] = trainer.lr
-    record["seconds"] = time.perf_counter() - start
+    record["seconds"] = seconds
     return record
 
 
