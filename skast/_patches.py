@@ -44,6 +44,10 @@ class PatchProjection(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            # the TorchScript ONNX exporter (torch < 2.9) would bake the
+            # unfolded batch size into the graph: the convolution exports
+            return super().forward(x)
         (pf, pt), (sf, st) = self.kernel_size, self.stride
         device = x.device.type
         if torch.is_autocast_enabled(device):

@@ -21,7 +21,7 @@ import skast
 from skast import ASTClassifier, DeviceWarning
 from skast._checkpoints import save_pretrained
 from skast._model import AST, ASTConfig, PatchEmbed
-from tests._helpers import classifier, clips, featurizer, write
+from tests._helpers import clips, featurizer, write
 from tests.conftest import FAST, randomize_
 
 # Each device runs the same batches through the same kernels as one device
@@ -299,8 +299,3 @@ def test_cuda_devices_equal_one_cuda_device(precision):
     assert len(counter.by_module) == len(devices)
     on = {next(m.parameters()).device for m in counter.by_module}
     assert on == {torch.device(d) for d in devices}
-
-
-def test_fitting_a_classifier_on_a_device_list_is_refused():
-    with pytest.raises(ValueError, match="inference only in this version"):
-        classifier(device=TWO).fit(X[:2], ["a", "b"])
