@@ -1,6 +1,6 @@
 """ONNX Runtime settings tried on skast's exported encoder (bench_embed.py
-``--onnx-variants``): what ``skast._onnx.make_session`` and the int8 path keep
-comes from this table."""
+``--onnx-variants``): what ``skast._onnx.make_session``, the export's fusions
+and the int8 path keep comes from this table."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch
 from _common import alternate, markdown_table
 
 
-def onnx_variants(ckpt, batch_size: int, repeats: int, device) -> dict:
-    """Time the exported 512-frame encoder (pooled output) under each
+def onnx_variants(
+    ckpt, batch_size: int, repeats: int, device, frames: int = 1024
+) -> dict:
+    """Time the exported ``frames``-frame encoder (pooled output) under each
     setting, against eager PyTorch on the same batch; print a table."""
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -27,7 +29,7 @@ def onnx_variants(ckpt, batch_size: int, repeats: int, device) -> dict:
     from skast._checkpoints import load_checkpoint
     from skast._onnx import INPUT_NAME, _quiet_logging, export_onnx, make_session
 
-    model = load_checkpoint(ckpt, max_length=512).model.eval()
+    model = load_checkpoint(ckpt, max_length=frames).model.eval()
     config = model.config
     threads = torch.get_num_threads()
 
@@ -35,7 +37,7 @@ def onnx_variants(ckpt, batch_size: int, repeats: int, device) -> dict:
         return model.pool(model.forward_features(x))
 
     gen = torch.Generator().manual_seed(0)
-    x = 0.5 * torch.randn(batch_size, 512, config.num_mel_bins, generator=gen)
+    x = 0.5 * torch.randn(batch_size, frames, config.num_mel_bins, generator=gen)
     feed = {INPUT_NAME: x.numpy()}
     with torch.inference_mode():
         eager = embed(x).numpy()
@@ -52,34 +54,21 @@ def onnx_variants(ckpt, batch_size: int, repeats: int, device) -> dict:
             per_channel=True,
         )
         files["int8 dynamic per-channel"] = folder / "int8pc.onnx"
-        try:
-            from onnxruntime.transformers.optimizer import optimize_model
-
-            fused = optimize_model(
-                str(fp32),
-                model_type="vit",
-                num_heads=config.num_attention_heads,
-                hidden_size=config.hidden_size,
-            )
-            print("transformer optimiser, fused operators:", end=" ")
-            print({k: v for k, v in fused.get_fused_operator_statistics().items() if v})
-            fused.save_model_to_file(str(folder / "fused.onnx"))
-            files["float32 + attention fusion"] = folder / "fused.onnx"
-            quantize_dynamic(
-                folder / "fused.onnx",
-                folder / "fused8.onnx",
-                weight_type=QuantType.QInt8,
-            )
-            files["int8 dynamic + attention fusion"] = folder / "fused8.onnx"
-        except Exception as err:  # report and go on
-            print(f"transformer optimiser failed: {type(err).__name__}: {err}")
+        # what skast exports is fused (skast._onnx.fuse_for_onnxruntime);
+        # the exporter's own graph of standard operators, for comparison
+        plain = export_onnx(
+            model, embed, folder / "plain.onnx", output_name="embedding", fuse=False
+        )
+        files["float32, standard operators (no fusion)"] = plain
+        quantize_dynamic(plain, folder / "plain8.onnx", weight_type=QuantType.QInt8)
+        files["int8 dynamic, standard operators (no fusion)"] = folder / "plain8.onnx"
 
         class Reader(CalibrationDataReader):
             def __init__(self):
                 self.batches = iter(
                     {
                         INPUT_NAME: (
-                            0.5 * torch.randn(1, 512, 128, generator=gen)
+                            0.5 * torch.randn(1, frames, 128, generator=gen)
                         ).numpy()
                     }
                     for _ in range(4)
@@ -141,7 +130,7 @@ def onnx_variants(ckpt, batch_size: int, repeats: int, device) -> dict:
             ]
         )
     print(
-        f"\n### ONNX Runtime settings: the encoder alone, 512 frames, batch "
+        f"\n### ONNX Runtime settings: the encoder alone, {frames} frames, batch "
         f"{batch_size}; eager torch {med['eager torch']:.3f} s\n"
     )
     header = ["setting", "seconds", "vs eager torch", "min cosine", "max abs error"]

@@ -18,10 +18,10 @@ AST (transformers: ``ASTFeatureExtractor`` + ``ASTModel`` with SDPA; skast:
   and the smallest cosine similarity and largest absolute difference of the
   embeddings against skast on PyTorch (the same weights; at 512 frames
   transformers embeds other input, its padded 1024 frames);
-* ``--onnx-variants``: the exported encoder alone at 512 frames under other
-  ONNX Runtime settings (graph optimisation levels, intra-op threads, the
-  transformer optimiser's attention fusion, per-channel and static int8),
-  to choose the settings of ``skast._onnx.make_session``.
+* ``--onnx-variants``: the exported encoder alone at 1024 frames under other
+  ONNX Runtime settings (the exporter's graph without the fused operators
+  skast adds, graph optimisation levels, intra-op threads, per-channel and
+  static int8), to choose the settings of ``skast._onnx``.
 
 ``--precision`` is skast's; ``--transformers-precision`` lists the precisions
 transformers runs at (default float32, its default), one row each. On a GPU::

@@ -29,6 +29,7 @@ import pytest
 import torch
 from scipy.special import softmax
 
+import skast._onnx
 from skast import ASTClassifier, ASTFeaturizer, load
 from skast.cli import main
 from skast.datasets import make_sounds
@@ -292,6 +293,14 @@ def test_export_command_runs_without_skast(onnx_dir, trained, sounds, tmp_path):
     )
     info, logits = deployed_logits(tmp_path / "out", X_test)
     assert (tmp_path / "out" / "model.onnx").stat().st_mode & 0o777 == 0o644
+    if skast._onnx._DYNAMO:  # ONNX Runtime's fused attention, one per block
+        import onnx
+
+        graph = onnx.load(tmp_path / "out" / "model.onnx").graph
+        ops = [(node.domain, node.op_type) for node in graph.node]
+        n_blocks = trained.model_.config.num_hidden_layers
+        assert ops.count(("com.microsoft", "MultiHeadAttention")) == n_blocks
+        assert ("", "Softmax") not in ops
     assert info["classes"] == trained.classes_.tolist()
     assert info["output"]["activation"] == "softmax"
     assert info["precision"] == "float32"
