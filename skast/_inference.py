@@ -14,10 +14,9 @@ makes it), so the outputs are autocast's.
 The float32 weights stay the model's parameters, the ones that are trained,
 pickled and saved; the copy lives in a table beside the model (held weakly,
 never in the model's or the estimator's ``__dict__``), so it is never pickled
-and goes when the model goes. It is made again when the weights change: its
-key is each weight's identity, storage, dtype and version counter
-(``Tensor._version``, which every in-place write bumps: an optimizer step,
-``load_state_dict``, ``copy_``), so ``fit``, ``partial_fit``, a warm start,
+and goes when the model goes. It is made again when the weights change, as
+:class:`skast._derived.WeightsStamp` tells (each weight's identity, storage
+and version counter), so ``fit``, ``partial_fit``, a warm start,
 ``load_state_dict`` or moving the model to another device all invalidate it.
 """
 
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from skast._derived import WeightsStamp
+
 __all__ = ["low_precision_weights", "CAST_LAYERS"]
 
 # the layers whose weights and bias autocast casts to the lower precision
@@ -41,12 +42,12 @@ CAST_LAYERS = (nn.Linear, nn.Conv2d)
 @dataclass
 class _Copy:
     """A model's weights in ``dtype``: the float32 masters (module, name,
-    parameter; held, so that their ids are not reused while this lives),
-    their key, and the copies."""
+    parameter), their stamp (:class:`skast._derived.WeightsStamp`), and the
+    copies."""
 
     dtype: torch.dtype
     masters: list
-    key: tuple
+    stamp: WeightsStamp
     copies: list
 
 
@@ -72,17 +73,11 @@ def _masters(model: nn.Module) -> list:
     ]
 
 
-def _key(masters: list, dtype: torch.dtype) -> tuple:
-    return (dtype,) + tuple(
-        (id(p), p.data_ptr(), p.device, p._version) for _, _, p in masters
-    )
-
-
-def _make(masters: list, key: tuple, dtype: torch.dtype) -> _Copy:
+def _make(masters: list, dtype: torch.dtype) -> _Copy:
     # outside inference mode: normal tensors, usable in any mode later
     with torch.inference_mode(False), torch.no_grad():
         copies = [p.detach().to(dtype) for _, _, p in masters]
-    return _Copy(dtype, masters, key, copies)
+    return _Copy(dtype, masters, WeightsStamp(p for _, _, p in masters), copies)
 
 
 def _swap(pairs) -> None:
@@ -134,10 +129,13 @@ def low_precision_weights(model: nn.Module, dtype: torch.dtype | None, *, keep=T
     with state.lock:
         if state.depth == 0:
             masters = _masters(model)
-            key = _key(masters, dtype)
             copy = state.copy
-            if copy is None or copy.key != key:
-                copy = _make(masters, key, dtype)
+            if (
+                copy is None
+                or copy.dtype != dtype
+                or not copy.stamp.matches(p for _, _, p in masters)
+            ):
+                copy = _make(masters, dtype)
             state.copy = copy if keep else None
             _swap(zip(copy.masters, copy.copies))
             state.active = copy

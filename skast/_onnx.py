@@ -28,7 +28,6 @@ import io
 import logging
 import os
 import warnings
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from skast._cache import model_fingerprint
+from skast._derived import Derived
 from skast._persist import _replace
 from skast._recipes import BACKENDS
 
@@ -396,17 +396,9 @@ class _Runner:
         return torch.from_numpy(out)
 
 
-# model -> (token, runner): the session lives as long as the model, never
-# pickled with the estimator
-_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _token(model, output, precision) -> tuple:
-    """What the session depends on: the exported output, the precision and
-    the weights' version counters (an in-place update, as training makes,
-    bumps them), so that a changed model is exported again."""
-    versions = tuple(t._version for t in model.state_dict().values())
-    return (output, precision, torch.get_num_threads(), versions)
+# model -> its sessions, by output and precision: kept while its weights
+# (and the thread count) are the same, never pickled with the estimator
+_RUNNERS = Derived()
 
 
 def onnx_fn(model, fn, output: tuple, precision: str) -> Callable:
@@ -431,12 +423,11 @@ def onnx_fn(model, fn, output: tuple, precision: str) -> Callable:
         ``x (torch.Tensor) -> torch.Tensor`` of float32 on the CPU.
     """
     ort_precision = onnx_precision(precision)
-    token = _token(model, output, ort_precision)
-    runners = _RUNNERS.setdefault(model, {})
-    entry = runners.get((output, ort_precision))
-    if entry is None or entry[0] != token:
+
+    def make():
         import_onnxruntime()  # before any export work
-        path = cached_onnx(model, fn, output, ort_precision)
-        entry = (token, _Runner(make_session(path)))
-        runners[output, ort_precision] = entry
-    return entry[1]
+        return _Runner(make_session(cached_onnx(model, fn, output, ort_precision)))
+
+    return _RUNNERS.get(
+        model, (output, ort_precision), make, extra=torch.get_num_threads()
+    )

@@ -24,20 +24,19 @@ import contextlib
 import copy
 import queue
 import threading
-import weakref
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from skast._derived import Derived
 from skast._runtime import Rows, evaluate
 
 __all__ = ["evaluate_on_devices", "replicas"]
 
-# model -> (what the copies were made from, the copies); weak, so that the
-# copies go with the model
-_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_COPIES_LOCK = threading.Lock()
+# model -> its copies on the other devices, kept while its weights and the
+# devices are the same
+_COPIES = Derived()
 # seconds between checks, while waiting on a queue, of whether to stop
 _POLL = 0.05
 
@@ -76,20 +75,12 @@ def replicas(model: torch.nn.Module, devices: list[torch.device]) -> list:
     >>> replicas(model, [torch.device("cpu")] * 2)[1] is second  # kept
     True
     """
-    key = (tuple(map(str, devices[1:])), _weights_key(model))
-    with _COPIES_LOCK:
-        made = _COPIES.get(model)
-        if made is None or made[0] != key:
-            made = (key, [_copy(model, device) for device in devices[1:]])
-            _COPIES[model] = made
-    return [model, *made[1]]
+    others = tuple(map(str, devices[1:]))
 
+    def make():
+        return [_copy(model, device) for device in devices[1:]]
 
-def _weights_key(model: torch.nn.Module) -> tuple:
-    """What the copies depend on: each parameter's and buffer's memory and
-    version (which an in-place change such as an optimizer step increments)."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    return tuple((name, t.data_ptr(), t._version, t.shape) for name, t in tensors)
+    return [model, *_COPIES.get(model, "replicas", make, extra=others)]
 
 
 def _copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

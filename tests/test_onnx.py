@@ -199,6 +199,25 @@ def test_changed_weights_export_again(onnx_dir, trained, sounds):
     np.testing.assert_allclose(proba, eager, rtol=0, atol=fp32_tolerance({}, eager))
 
 
+def test_replaced_weights_export_again(onnx_dir):
+    # new parameter tensors (version counters back at 0), not in-place writes
+    X = clips(2)
+    est = featurizer(backend="onnxruntime").fit(X)
+    before = est.transform(X)
+    gen = torch.Generator().manual_seed(1)
+    state = {
+        name: t + 0.1 * torch.randn(t.shape, generator=gen)
+        if t.is_floating_point()
+        else t
+        for name, t in est.model_.state_dict().items()
+    }
+    est.model_.load_state_dict(state, assign=True)
+    after = est.transform(X)
+    eager = est.set_params(backend="torch").transform(X)
+    assert np.abs(after - before).max() > 100 * fp32_tolerance({}, eager)
+    np.testing.assert_allclose(after, eager, rtol=0, atol=fp32_tolerance({}, eager))
+
+
 def test_save_and_load_keep_the_backend(onnx_dir, tmp_path):
     X = clips(3)
     est = featurizer(backend="onnxruntime", precision="int8").fit(X)
