@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import InvalidParameterError
 
 from skast._inference import low_precision_weights
 
@@ -106,9 +107,11 @@ def resolve_devices(spec) -> list[torch.device]:
     Raises
     ------
     ValueError
-        An empty list, an entry that is not a device name (naming its
-        position), a device that is not available here, or a list mixing
+        An empty list, a device that is not available here, or a list mixing
         device types.
+    sklearn.utils._param_validation.InvalidParameterError
+        An entry that is not a device name or a :class:`torch.device` (naming
+        its position); a ``ValueError`` and a ``TypeError``.
 
     Examples
     --------
@@ -127,7 +130,8 @@ def resolve_devices(spec) -> list[torch.device]:
     devices = []
     for i, entry in enumerate(spec):
         if entry is None or not isinstance(entry, (str, torch.device)):
-            raise ValueError(
+            # a ValueError and a TypeError, as scikit-learn's parameter checks
+            raise InvalidParameterError(
                 f"device[{i}]={entry!r}: each entry of a device list must be a "
                 "device name such as 'cuda:0' or a torch.device"
             )

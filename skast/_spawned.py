@@ -35,8 +35,10 @@ __all__ = ["check_devices", "fit_on_devices"]
 
 
 def check_devices(spec) -> list[torch.device]:
-    """The devices of a ``device`` list: all CPUs, or distinct CUDA devices
-    that exist here.
+    """The devices of a ``device`` list to train on: those of
+    :func:`skast._runtime.resolve_devices` (which reads every ``device``),
+    where training adds that they are all CPUs (gloo) or distinct CUDA
+    devices (NCCL).
 
     Examples
     --------
@@ -44,30 +46,21 @@ def check_devices(spec) -> list[torch.device]:
     >>> check_devices(["cpu", "cpu"])
     [device(type='cpu'), device(type='cpu')]
     """
-    from skast._runtime import resolve_device
+    from skast._runtime import resolve_devices
 
-    if len(spec) == 0:
-        raise ValueError("device=[] names no device; give one or more")
-    devices = []
-    for item in spec:
-        if not isinstance(item, (str, torch.device)):
-            raise TypeError(
-                f"device={list(spec)!r}: each device of a list must be a str or "
-                f"torch.device, got {type(item).__name__}"
-            )
-        if item in ("auto", None):
-            raise ValueError(f"device={list(spec)!r}: a list names its devices")
-        devices.append(resolve_device(item))
-    kinds = {d.type for d in devices}
-    if not kinds <= {"cpu", "cuda"} or len(kinds) > 1:
+    devices = resolve_devices(spec)
+    kind = devices[0].type  # resolve_devices refuses a mix of types
+    if kind not in ("cpu", "cuda"):
         raise ValueError(
-            f"device={list(spec)!r}: a list of devices trains on CPUs (gloo) or "
-            "on CUDA devices (NCCL), not on a mix or on other devices"
+            f"device={list(map(str, spec))!r}: a list of devices trains on CPUs "
+            "(gloo) or on CUDA devices (NCCL), not on other devices"
         )
-    if kinds == {"cuda"}:
+    if kind == "cuda":
         devices = [torch.device("cuda", d.index or 0) for d in devices]
         if len(set(devices)) < len(devices):
-            raise ValueError(f"device={list(spec)!r}: each GPU may appear only once")
+            raise ValueError(
+                f"device={list(map(str, spec))!r}: each GPU may appear only once"
+            )
     return devices
 
 

@@ -172,9 +172,10 @@ def test_device_list_fits_in_spawned_workers(one_process):
 @pytest.mark.parametrize(
     "device, error, match",
     [
-        ([], ValueError, "names no device"),
-        (["cpu", 3], TypeError, "must be a str or torch.device"),
-        (["cpu", "meta"], ValueError, "on CPUs .gloo. or on CUDA devices"),
+        ([], ValueError, "at least one device"),
+        (["cpu", 3], TypeError, r"device\[1\]=3: each entry"),
+        (["cpu", "meta"], ValueError, "mixes device types"),
+        (["meta", "meta"], ValueError, "on CPUs .gloo. or on CUDA devices"),
         (("cpu", "nope"), ValueError, "not a valid torch device"),
     ],
 )
