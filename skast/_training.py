@@ -253,14 +253,16 @@ class Trainer:
         self.class_weight = None if class_weight is None else class_weight.to(device)
         # SpecAugment's value: a log-mel energy of 0, normalised
         self.fill = float(normalize(torch.tensor(0.0), *config.normalization))
-        # one fused kernel per step on CUDA: the same update as the default
-        # for-each implementation, to rounding
+        # one fused kernel per step on CUDA and on the CPU (torch 2.4+): the
+        # same update as the default for-each implementation, to rounding;
+        # on the CPU 0.20 s instead of 1.04 s a step for the base model's
+        # 86M parameters on 2 threads
         self.optimizer = torch.optim.Adam(
             parameters,
             lr=config.learning_rate,
             weight_decay=config.weight_decay,
             betas=config.betas,
-            fused=device.type == "cuda",
+            fused=device.type in ("cuda", "cpu"),
         )
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer,
@@ -400,6 +402,11 @@ class Trainer:
             loss = self.group.reduce_step(self.parameters, loss)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        # a fused step writes the weights without bumping their version
+        # counters on older torch (2.4's CPU kernel): bump them, so that what
+        # was made from the old weights (skast._derived) is made again
+        for p in self.parameters:
+            torch.autograd.graph.increment_version(p)
         self.global_step += 1
         return loss
 
