@@ -242,11 +242,14 @@ def cmd_tag(args) -> int:
             num_workers=args.num_workers,
             verbose=verbose,
         )
-    tags = _top_tags(clf.predict_proba(files), clf.classes_, args.top_k)
+    if args.window_hop is None:
+        proba = clf.predict_proba(files)
+    else:  # the windows are run once, for the files' tags and their own
+        proba, (windows, starts) = clf._proba_and_windows(files)
+    tags = _top_tags(proba, clf.classes_, args.top_k)
     # (file, window start in seconds or None for the whole file, tags)
     rows = [(f, None, t) for f, t in zip(files, tags)]
     if args.window_hop is not None:  # each file's windows after the file
-        windows, starts = clf.predict_proba_windows(files)
         by_file = [
             [
                 (f, float(s), t)

@@ -25,19 +25,36 @@ __all__ = ["ClassifierPredictions"]
 class ClassifierPredictions:
     """The prediction methods of :class:`skast.ASTClassifier`."""
 
-    def _logits(self, X) -> np.ndarray:
-        """The clips' logits; a windowed clip's are those of its aggregated
-        probabilities (their logits or, single-label, their logarithms)."""
+    def _window_logits(self, X, *, always: bool = False):
+        """The logits of each window of the clips (of each clip, without
+        windows unless ``always``), and the windows."""
         check_is_fitted(self)
         audio = _audio.check_audio_input(X)
-        windows = self._windows(audio)
+        windows = self._windows(audio, always=always)
         out = self._forward_batches(
             audio, _logits_of, desc="predicting", windows=windows
         ).astype(np.float64)
+        return out, windows
+
+    def _clip_logits(self, out: np.ndarray, windows) -> np.ndarray:
+        """Per clip, the logits of its windows' aggregated probabilities."""
         if windows is None:
             return out
         rows, _ = split_windows(out, windows)
         return np.stack([r[0] if len(r) == 1 else self._aggregate(r) for r in rows])
+
+    def _logits(self, X) -> np.ndarray:
+        """The clips' logits; a windowed clip's are those of its aggregated
+        probabilities (their logits or, single-label, their logarithms)."""
+        return self._clip_logits(*self._window_logits(X))
+
+    def _proba_and_windows(self, X):
+        """:meth:`predict_proba` and :meth:`predict_proba_windows` from one
+        pass over the windows (``skast tag --window-hop``)."""
+        logits, windows = self._window_logits(X, always=True)
+        proba = self._from_logits(self._clip_logits(logits, windows), expit, softmax)
+        per_window = split_windows(self._from_logits(logits, expit, softmax), windows)
+        return proba, per_window
 
     def _aggregate(self, logits: np.ndarray) -> np.ndarray:
         """Logits of the aggregate of the probabilities of one clip's windows."""
@@ -86,12 +103,7 @@ class ClassifierPredictions:
         >>> proba[0].shape, starts[0].tolist(), starts[1].tolist()
         ((2, 2), [0.0, 0.34], [0.0])
         """
-        check_is_fitted(self)
-        audio = _audio.check_audio_input(X)
-        windows = self._windows(audio, always=True)
-        logits = self._forward_batches(
-            audio, _logits_of, desc="predicting", windows=windows
-        ).astype(np.float64)
+        logits, windows = self._window_logits(X, always=True)
         return split_windows(self._from_logits(logits, expit, softmax), windows)
 
     def decision_function(self, X):

@@ -13,6 +13,7 @@ from skast import ASTClassifier
 from skast._labels import label_table
 from skast._model import AST, ASTConfig
 from skast._recipes import NORM_STATS, SAMPLE_RATE
+from tests._helpers import log_encoder_clips, logged_clips
 from tests.conftest import TINY, randomize_
 
 transformers = pytest.importorskip("transformers")
@@ -320,6 +321,18 @@ def test_tag_window_hop_aggregates_the_windows(single_dir, wav_folder, capsys):
             expected += [f"    {row[j]:.3f}  {clf.classes_[j]}" for j in best]
     assert lines == expected
     assert sum(len(st) for st in starts) > len(files)  # the long clip: windows
+
+
+def test_tag_window_hop_runs_each_window_once(single_dir, wav_folder, tmp_path, capsys):
+    files = sorted(wav_folder.glob("*.wav"))
+    clf = ASTClassifier.from_pretrained(single_dir, device="cpu", window_hop=0.2)
+    _, starts = clf.predict_proba_windows([str(f) for f in files])
+    handle = log_encoder_clips(tmp_path)
+    try:
+        assert tag(wav_folder, "--checkpoint", single_dir, "--window-hop", 0.2) == 0
+    finally:
+        handle.remove()
+    assert sum(logged_clips(tmp_path).values()) == sum(len(st) for st in starts)
 
 
 def test_tag_window_hop_writes_windows_to_json_and_csv(
