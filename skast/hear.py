@@ -108,6 +108,19 @@ class HEARModel(nn.Module):
         self.scene_embedding_size = size
         self.timestamp_embedding_size = size
 
+    def __getstate__(self):
+        # the encoder is the featurizer's model: pickled once, with the
+        # featurizer (whose pickling moves a CUDA model to a CPU-only machine)
+        state = self.__dict__.copy()
+        state["_modules"] = {
+            k: v for k, v in self._modules.items() if v is not self.featurizer.model_
+        }
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._modules["encoder"] = self.featurizer.model_
+
     def _apply(self, fn, *args, **kwargs):
         # .to / .cuda / .cpu: the featurizer follows its encoder's device
         out = super()._apply(fn, *args, **kwargs)

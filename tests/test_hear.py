@@ -119,6 +119,20 @@ def test_to_moves_the_featurizer(checkpoint):
     assert model.featurizer.model_.pos_embed.device.type == "cpu"
 
 
+def test_pickles_with_one_encoder(model):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.encoder is copy.featurizer.model_  # one model, as loaded
+    x = noise(2, 0.5)
+    assert_array_equal(
+        hear.get_scene_embeddings(x, copy), hear.get_scene_embeddings(x, model)
+    )
+    # the weights are pickled once: the featurizer's pickle and a little more
+    alone = len(pickle.dumps(model.featurizer))
+    assert len(pickle.dumps(model)) < alone + 4096
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_model_gives_outputs_on_the_audios_device(checkpoint):
     cpu = hear.load_model(checkpoint, device="cpu", precision="float32")
