@@ -26,6 +26,25 @@ from skast._recipes import CHECKPOINT, EMBED_PART_SIZE, POOLINGS, RECIPES
 # ---------------------------------------------------------------------- parser
 
 
+def device_spec(text: str) -> str | list[str]:
+    """``--device``'s value: one device, or a list of them separated by commas.
+
+    Examples
+    --------
+    >>> from skast.cli import device_spec
+    >>> device_spec("cuda:1"), device_spec("cuda:0, cuda:1")
+    ('cuda:1', ['cuda:0', 'cuda:1'])
+    """
+    if "," not in text:
+        return text
+    devices = [part.strip() for part in text.split(",")]
+    if not all(devices):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a list of devices names one device between each comma"
+        )
+    return devices
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skast",
@@ -36,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     def device_args(p):
         p.add_argument(
             "--device",
+            type=device_spec,
             default=None,
-            help="cpu, cuda, cuda:1 ... (default: CUDA when available)",
+            help="cpu, cuda, cuda:1 ..., or a comma-separated list such as "
+            "cuda:0,cuda:1 (one model per device) (default: CUDA when available)",
         )
         p.add_argument(
             "--num-workers", type=int, default=0, help="processes decoding audio files"

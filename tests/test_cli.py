@@ -17,7 +17,7 @@ from skast import ASTClassifier, ASTFeaturizer
 from skast._checkpoints import save_pretrained
 from skast._model import AST, ASTConfig
 from skast.cli import main
-from tests._helpers import clips, write
+from tests._helpers import clips, log_encoder_clips, logged_clips, write
 from tests.conftest import FAST
 
 
@@ -156,6 +156,25 @@ def test_embed_writes_npy_and_csv(folder, tiny_checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(
         np.array(row.split(",")[1:], dtype=float), embeddings[4], atol=1e-6
     )
+
+
+def test_embed_on_a_list_of_devices(folder, tiny_checkpoint, tmp_path, capsys):
+    args = ["embed", str(folder), "--checkpoint", str(tiny_checkpoint), "-q"]
+    assert main([*args, "-o", str(tmp_path / "one.npy"), "--device", "cpu"]) == 0
+    handle = log_encoder_clips(tmp_path)
+    try:  # two replicas: each of the 8 files through one of them, once
+        code = main([*args, "-o", str(tmp_path / "two.npy"), "--device", "cpu, cpu"])
+    finally:
+        handle.remove()
+    assert code == 0
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy")
+    )
+    assert sum(logged_clips(tmp_path).values()) == 8
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "-o", str(tmp_path / "x.npy"), "--device", "cpu,"])
+    assert exc.value.code == 2
+    assert "one device between each comma" in capsys.readouterr().err
 
 
 def test_embed_writes_parquet(folder, tiny_checkpoint, tmp_path):
