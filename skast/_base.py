@@ -175,17 +175,38 @@ class ASTBase(BaseEstimator):
         """
         total = total_sq = 0.0
         count = 0
-        batches = self._iter_features(
-            audio, desc="normalization", normalized=False, windows=self._windows(audio)
+        windows = self._windows(audio)
+        group = self._statistics_group()
+        batches = None
+        if group is not None:  # each rank its share of the items, then the sums
+            mine = group.share(range(len(audio) if windows is None else len(windows)))
+            size = self.batch_size
+            batches = [mine[i : i + size] for i in range(0, len(mine), size)]
+        features = self._iter_features(
+            audio,
+            desc="normalization",
+            normalized=False,
+            windows=windows,
+            batches=batches,
         )
-        for _, feats in batches:
+        for _, feats in features:
             feats = feats.double()
             total += feats.sum().item()
             total_sq += feats.square().sum().item()
             count += feats.numel()
+        if group is not None:
+            total, total_sq, count = group.sum(
+                [total, total_sq, count], "the normalisation statistics"
+            )
         mean = total / count
         std = max((total_sq / count - mean * mean) ** 0.5, 1e-8)
         return float(mean), float(std)
+
+    def _statistics_group(self):
+        """The :class:`skast._distributed.Group` that shares the normalisation
+        pass among ranks (None: this process reads every clip); the
+        classifier's under torchrun."""
+        return None
 
     # ------------------------------------------------------------------ data path
 

@@ -909,6 +909,10 @@ class ASTClassifier(ClassifierPredictions, ClassifierMixin, ASTBase):
     def _init_seed(self) -> int:
         return self._seed
 
+    def _statistics_group(self):
+        # under torchrun, normalize="fit" reads each clip on one rank only
+        return _distributed.current_group(_training_device(self.device))
+
     def _training_data(self, audio, values) -> TrainingData:
         """The fit's items, streamed (:class:`skast._training.TrainingData`):
         the clips with their targets ``values``, or with ``window_hop`` every

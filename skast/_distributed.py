@@ -336,6 +336,11 @@ class Group:
         interrupt.agreed = interrupt.agreed or pending > 0
         return longest
 
+    def sum(self, values: Sequence[float], what: str) -> list[float]:
+        """Each of ``values`` summed over the ranks (in float64); ``what``
+        names the collective in a lost peer's error."""
+        return self._all_reduce(list(values), dist.ReduceOp.SUM, what)
+
     def agree(self, flag: bool) -> bool:
         """Whether any rank's ``flag`` is set (early stopping's decision)."""
         return self._all_reduce([float(flag)], dist.ReduceOp.MAX, "an agreement")[0] > 0

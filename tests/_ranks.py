@@ -50,6 +50,9 @@ FITS = {
     "interrupt": dict(batch_size=3, max_epochs=3),
     # two partial_fit calls: the optimizer's state goes on between them
     "partial": dict(batch_size=3, partial=True),
+    # the statistics pass shared among the ranks, then summed (verbose: its
+    # progress bars show how many clips each rank read)
+    "normalize": dict(batch_size=3, normalize="fit", max_epochs=1, verbose=True),
 }
 
 
@@ -96,6 +99,7 @@ def record(clf, caught) -> dict:
         "history": clf.history_,
         "scores": clf.validation_scores_,
         "n_iter": clf.n_iter_,
+        "normalization": tuple(clf.normalization_),
         "warnings": [str(w.message) for w in caught],
     }
 

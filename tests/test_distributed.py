@@ -11,6 +11,7 @@ all-reduced sums, bit for bit.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,8 @@ def same_state(a, b) -> bool:
 def one_process():
     """The fits of tests/_ranks.py in this process."""
     return {
-        name: _ranks.fit(_ranks.FITS[name]) for name in ("plain", "stopping", "partial")
+        name: _ranks.fit(_ranks.FITS[name])
+        for name in ("plain", "stopping", "partial", "normalize")
     }
 
 
@@ -112,6 +114,25 @@ def test_partial_fit_goes_on_alike(job, one_process):
     assert same_state(r0["state"], r1["state"]) and r0["n_iter"] == 2
     expected = one_process["partial"].predict_proba(_ranks.X)
     np.testing.assert_allclose(r0["proba"], expected, atol=1e-4)
+
+
+def test_fitted_normalization_is_shared_among_the_ranks(job, one_process):
+    # each rank reads its share of the clips; the sums of all of them give
+    # one process's statistics, to the rounding of a float64 sum of N values
+    # in another order: at most N * 2**-53 of the sum of their magnitudes,
+    # which for these clips is 3.0 times the sum itself (and E[x^2] is 1.03
+    # times the variance the std comes from): 4 * N * 2**-53 of each
+    out, proc = job
+    totals = re.findall(r"normalization:\s+\d+%\|[^|]*\|\s*\d+/(\d+)", proc.stderr)
+    assert sorted(set(totals)) == ["5"], totals  # 5 of the 10 clips on each rank
+    r0, r1 = ranks(out, "normalize")
+    assert r0["normalization"] == r1["normalization"]
+    expected = one_process["normalize"].normalization_
+    n_values = len(_ranks.X) * FAST["max_length"] * FAST["num_mel_bins"]
+    np.testing.assert_allclose(
+        r0["normalization"], expected, rtol=4 * n_values * 2.0**-53
+    )
+    assert same_state(r0["state"], r1["state"])
 
 
 def test_early_stopping_and_augmentation_agree_across_ranks(job, one_process):
