@@ -25,8 +25,8 @@ Usage::
 
     python benchmarks/bench_patchout.py [--frames 1024] [--batch-size 4]
         [--clips 8] [--repeats 2] [--layers 12] [--threads 2]
-        [--patchout none 40,4] [--accuracy-seeds 3] [--lr-decay 1.0]
-        [--runs none@60 0.4,0.33@60 0.4,0.33@150 0.6,0@150]
+        [--patchout none 40,4] [--accuracy-seeds 5] [--lr-decay 1.0]
+        [--per-class 24] [--runs none@60 0.4,0.33@60 0.4,0.33@150 none@150 0.6,0@150]
         [--skip-speed] [--skip-accuracy] [--device cpu] [--json out.json]
 """
 
@@ -202,12 +202,18 @@ def main(argv=None):
     parser.add_argument(
         "--patchout", type=parse_patchout, nargs="+", default=[None, (40, 4)]
     )
-    parser.add_argument("--accuracy-seeds", type=int, default=3)
+    parser.add_argument("--accuracy-seeds", type=int, default=5)
     parser.add_argument(
         "--runs",
         type=parse_run,
         nargs="+",
-        default=[(None, 60), ((0.4, 0.33), 60), ((0.4, 0.33), 150), ((0.6, 0), 150)],
+        default=[
+            (None, 60),
+            ((0.4, 0.33), 60),
+            ((0.4, 0.33), 150),
+            (None, 150),
+            ((0.6, 0), 150),
+        ],
         help="accuracy runs, PATCHOUT@EPOCHS (the first is the reference)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -217,7 +223,7 @@ def main(argv=None):
         default=1.0,
         help="per epoch after the 5th (1: a constant rate, so that long runs train)",
     )
-    parser.add_argument("--per-class", type=int, default=16)
+    parser.add_argument("--per-class", type=int, default=24)
     parser.add_argument("--n-classes", type=int, default=8)
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--skip-speed", action="store_true")
