@@ -201,7 +201,8 @@ def export_onnx(model, fn, path, *, output_name: str, fuse: bool = True) -> Path
     fuse : bool, default=True
         Rewrite the graph with ONNX Runtime's fused operators
         (:func:`fuse_for_onnxruntime`); ``False`` keeps the exporter's graph
-        of standard ONNX operators.
+        of standard ONNX operators. If the rewrite fails, the standard graph
+        is written, with a ``RuntimeWarning`` saying why.
 
     Returns
     -------
@@ -261,19 +262,32 @@ def export_onnx(model, fn, path, *, output_name: str, fuse: bool = True) -> Path
                 **exporter,
             )
             if fuse:
-                fuse_for_onnxruntime(tmp)
+                try:
+                    fuse_for_onnxruntime(tmp)
+                except Exception as err:  # the plain graph still computes fn
+                    failed.append(err)
 
+    failed: list[Exception] = []
     try:
         _replace(path, write)
     finally:
         model.train(was_training)
+    if failed:
+        warnings.warn(
+            "skast: ONNX Runtime's fused operators could not be applied to the "
+            f"exported graph ({type(failed[0]).__name__}: {failed[0]}); {path} "
+            "runs with standard operators, slower (attention is not fused); "
+            "remove it to export again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return path
 
 
 def fuse_for_onnxruntime(path) -> dict:
-    """Rewrite the ONNX file ``path`` in place with ONNX Runtime's fused
-    operators, by onnxscript's ``optimize_for_ort``; return the count of each
-    fusion applied.
+    """Rewrite the ONNX file ``path`` with ONNX Runtime's fused operators, by
+    onnxscript's ``optimize_for_ort`` (atomically: on an error the file is
+    left as it was); return the count of each fusion applied.
 
     The exporter writes attention as its parts (MatMul, Softmax, MatMul), so
     that ONNX Runtime holds every ``(heads, tokens, tokens)`` score matrix,
@@ -311,9 +325,11 @@ def fuse_for_onnxruntime(path) -> dict:
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
+    path = Path(path)
     model = ir.load(str(path))
     model, counts = optimize_for_ort(model)
-    ir.save(model, str(path))
+    # written beside it, then renamed: a failure leaves ``path`` as it was
+    _replace(path, lambda tmp: ir.save(model, str(tmp)))
     return {name: n for name, n in counts.items() if n}
 
 

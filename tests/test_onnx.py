@@ -199,6 +199,22 @@ def test_changed_weights_export_again(onnx_dir, trained, sounds):
     np.testing.assert_allclose(proba, eager, rtol=0, atol=fp32_tolerance({}, eager))
 
 
+def test_a_failed_fusion_runs_the_standard_graph(tmp_path, monkeypatch):
+    from onnxscript.rewriter import ort_fusions
+
+    def broken(model, *args, **kwargs):
+        raise RuntimeError("no rule for this graph")
+
+    monkeypatch.setenv("SKAST_ONNX_DIR", str(tmp_path))
+    monkeypatch.setattr(ort_fusions, "optimize_for_ort", broken)
+    X = clips(2)
+    est = featurizer(backend="onnxruntime").fit(X)
+    with pytest.warns(RuntimeWarning, match="no rule for this graph"):
+        got = est.transform(X)
+    eager = est.set_params(backend="torch").transform(X)
+    np.testing.assert_allclose(got, eager, rtol=0, atol=fp32_tolerance({}, eager))
+
+
 def test_replaced_weights_export_again(onnx_dir):
     # new parameter tensors (version counters back at 0), not in-place writes
     X = clips(2)
