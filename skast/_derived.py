@@ -118,11 +118,16 @@ class Derived:
         (default: its parameters and buffers) were unchanged and ``extra``
         equal; else ``make()`` again, kept in its place.
 
-        Calls are serialised (one ``make`` at a time), so that threads asking
-        for the same thing make it once.
+        Calls for one model are serialised (one ``make`` at a time), so that
+        threads asking for the same thing make it once; other models' calls
+        do not wait for them.
         """
-        with self._lock:
-            entries = self._table.setdefault(model, {})
+        with self._lock:  # only to find, or add, the model's own slot
+            slot = self._table.get(model)
+            if slot is None:
+                slot = self._table[model] = (threading.Lock(), {})
+        lock, entries = slot
+        with lock:
             entry = entries.get(name)
             weights = tensors(model)
             if entry is None or entry[1] != extra or not entry[0].matches(weights):

@@ -211,3 +211,36 @@ def test_oom_on_a_single_clip_and_other_errors_are_raised(oom):
     assert oom.calls == [(3, False, "eval")]  # not retried: not out of memory
     oom.limit = None
     assert_unchanged(est, snap)
+
+
+def test_what_is_made_for_one_model_does_not_wait_for_another():
+    # skast._derived: the table behind the replicas, the low-precision copy
+    # and the ONNX Runtime session; a slow make (an export) for one model
+    # must not hold up another model's
+    import threading
+
+    from skast._derived import Derived
+
+    table, slow, fast = Derived(), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_make():
+        started.set()
+        assert release.wait(30)
+        return "slow"
+
+    thread = threading.Thread(target=table.get, args=(slow, "x", slow_make))
+    thread.start()
+    try:
+        assert started.wait(30)
+        got = []
+        other = threading.Thread(
+            target=lambda: got.append(table.get(fast, "x", lambda: "fast"))
+        )
+        other.start()
+        other.join(10)
+        assert got == ["fast"]  # while the slow one is still being made
+    finally:
+        release.set()
+        thread.join(30)
+    assert table.get(slow, "x", lambda: "again") == "slow"  # made once, kept
