@@ -54,6 +54,7 @@ __all__ = [
     "PeerLost",
     "backend_of",
     "current_group",
+    "grouped",
     "leader",
     "timeout",
     "training_device",
@@ -154,6 +155,18 @@ def current_group(device: torch.device) -> Group | None:
     return Group(dist.get_rank(), dist.get_world_size(), device if nccl else None)
 
 
+def grouped() -> bool:
+    """Whether this process is one rank of an initialised process group.
+
+    Examples
+    --------
+    >>> from skast._distributed import grouped
+    >>> grouped()
+    False
+    """
+    return dist.is_available() and dist.is_initialized()
+
+
 def leader() -> bool:
     """Whether this process reports a fit's results: rank 0 of a process
     group, or the one process.
@@ -164,7 +177,7 @@ def leader() -> bool:
     >>> leader()
     True
     """
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not grouped() or dist.get_rank() == 0
 
 
 def backend_of(device: torch.device) -> dict:

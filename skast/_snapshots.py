@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from skast._distributed import grouped, leader
 from skast._typedjson import encode
 
 __all__ = ["SnapshotDir", "fingerprint"]
@@ -202,11 +203,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _distributed() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized()
 
 
 def _cpu(obj):
@@ -381,7 +377,7 @@ class SnapshotDir:
         state (if any) into the model, ``trainer``, ``stopping`` and
         ``average``; the first epoch of the fit to run."""
         snap = self.snapshot
-        if _distributed():
+        if grouped():
             self._check_ranks(snap)
         if snap is None:
             return 1
@@ -417,7 +413,7 @@ class SnapshotDir:
         the end of ``epoch`` (of this fit); on rank 0 only, then a barrier.
         A snapshot that cannot be written (an OSError: a full disk) is a
         warning, not an error."""
-        if not _distributed() or torch.distributed.get_rank() == 0:
+        if leader():
             try:
                 self._write(epoch, trainer, stopping, average, history, done)
             except OSError as err:  # a full disk: the training is not lost
@@ -428,7 +424,7 @@ class SnapshotDir:
                     UserWarning,
                     stacklevel=6,  # the caller of fit (through _fit_context)
                 )
-        if _distributed():
+        if grouped():
             torch.distributed.barrier()
 
     def _write(self, epoch, trainer, stopping, average, history, done) -> None:

@@ -69,12 +69,10 @@ def fit_on_devices(est, devices, method: str, X, y, **kwargs):
     ``est`` ends fitted as rank 0's copy (its ``device`` stays the list)."""
     import torch.multiprocessing as mp
 
-    from skast._distributed import _launched
+    from skast._distributed import _launched, grouped
     from skast._runtime import device_names, resolve_devices
 
-    if _launched() or (
-        torch.distributed.is_available() and torch.distributed.is_initialized()
-    ):
+    if _launched() or grouped():
         raise ValueError(
             f"device={est.device!r}: a list of devices starts its own workers; "
             "under torchrun (or with a process group) give each rank one device"
