@@ -96,19 +96,20 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-def _launched() -> bool:
+def _launched(environ=os.environ) -> bool:
     """Whether a launcher (torchrun) made this process one of several ranks."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return int(environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
         return False
 
 
-def training_device(device: torch.device) -> torch.device:
+def training_device(device: torch.device, environ=os.environ) -> torch.device:
     """``device`` (resolved), or this rank's GPU under torchrun.
 
     Under a launcher, an unindexed CUDA device is ``cuda:LOCAL_RANK``, which
     becomes the current CUDA device (so that ``"cuda"`` means it everywhere).
+    ``environ``: the launcher's variables (``WORLD_SIZE``, ``LOCAL_RANK``).
 
     Examples
     --------
@@ -117,8 +118,8 @@ def training_device(device: torch.device) -> torch.device:
     >>> training_device(torch.device("cpu"))
     device(type='cpu')
     """
-    if device.type == "cuda" and device.index is None and _launched():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and device.index is None and _launched(environ):
+        local = int(environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
     return device

@@ -57,8 +57,9 @@ def shard_of(shard: str | None, environ) -> tuple[int, int]:
 def check_job_args(args, out: Path, environ) -> tuple[int, int]:
     """Check embed's job options before any model work; this process's shard.
 
-    Under torchrun (``LOCAL_RANK`` set), CUDA's current device becomes the
-    rank's GPU, so that ``--device cuda`` (or none) means that GPU.
+    Under torchrun, CUDA's current device becomes the rank's GPU
+    (:func:`skast._distributed.training_device`), so that ``--device cuda``
+    (or none) means that GPU.
 
     Parameters
     ----------
@@ -108,11 +109,11 @@ def check_job_args(args, out: Path, environ) -> tuple[int, int]:
             raise UsageError(
                 "writing .parquet needs pyarrow: pip install pyarrow"
             ) from err
-    if not args.merge and "LOCAL_RANK" in environ:
+    if not args.merge:
         import torch
 
+        from skast._distributed import training_device
+
         if torch.cuda.is_available():
-            torch.cuda.set_device(
-                int(environ["LOCAL_RANK"]) % torch.cuda.device_count()
-            )
+            training_device(torch.device("cuda"), environ)
     return shard
