@@ -24,10 +24,8 @@ Nothing here imports torch at import time.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import zipfile
@@ -37,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from skast._commands import UsageError
+from skast._persist import replacing
 from skast._tables import write_table
 
 __all__ = ["Job", "merge", "parts_dir", "run"]
@@ -147,23 +146,6 @@ class Job:
         )
 
 
-@contextlib.contextmanager
-def _replacing(path: Path, *, sync: bool = False, folder: Path | None = None):
-    """Yield a temporary path in ``folder`` (default: beside ``path``), moved
-    over ``path`` if the block completes (after an ``fsync`` with ``sync``),
-    removed if it fails."""
-    tmp = (folder or path.parent) / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        yield tmp
-        if sync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _part_path(folder: Path, k: int) -> Path:
     return folder / f"part-{k:06d}.npz"
 
@@ -208,7 +190,7 @@ def _open_job(folder: Path, job: Job, *, restart: bool) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "job.json"
     if not path.exists():
-        with _replacing(path) as tmp:
+        with replacing(path) as tmp:
             tmp.write_text(json.dumps(asdict(job), indent=1) + "\n")
     recorded = _recorded(folder)
     if not job.same_as(recorded):
@@ -336,7 +318,7 @@ def run(
                 )
             except ValueError as err:
                 raise _renumber(err, start) from err
-            with _replacing(_part_path(folder, k), sync=True) as tmp:
+            with replacing(_part_path(folder, k), sync=True) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(
                         f,
@@ -416,7 +398,7 @@ def _join(folder: Path, job: Job, files, out: Path):
             "shards, or run the command without --merge and --shard to embed "
             "them here"
         )
-    with _replacing(out, folder=folder) as tmp:  # a kill leaves it in folder
+    with replacing(out, folder=folder) as tmp:  # a kill leaves it in folder
         rows = write_table(
             tmp, job, _rows(folder, job, files), suffix=out.suffix.lower()
         )

@@ -16,6 +16,7 @@ the model configuration allow before building anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -245,15 +246,44 @@ def save(est, directory) -> None:
 
 
 def _replace(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename (which
-    replaces a symlink at ``path``, never the file it points to)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``write(tmp)`` into a temporary file (see :func:`replacing`), then
+    moved over ``path``."""
+    with replacing(path) as tmp:
+        write(str(tmp))
+
+
+@contextlib.contextmanager
+def replacing(path: Path, *, sync: bool = False, folder=None):
+    """Yield a temporary file's path in ``path``'s folder (or in ``folder``,
+    on the same filesystem), moved over ``path`` when the block completes
+    (a rename, which replaces a symlink at ``path``, never the file it points
+    to), after an ``fsync`` of its data with ``sync``; removed if the block
+    fails.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skast._persist import replacing
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     with replacing(Path(d) / "a.txt") as tmp:
+    ...         _ = tmp.write_text("done")
+    ...     print(sorted(p.name for p in Path(d).iterdir()))
+    ['a.txt']
+    """
+    fd, tmp = tempfile.mkstemp(
+        dir=folder or path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
     os.close(fd)
+    tmp = Path(tmp)
     try:
-        write(tmp)
+        yield tmp
+        if sync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
