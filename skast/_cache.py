@@ -27,12 +27,10 @@ array to the open temporary file and may fail part way, as a full disk does.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 
 from skast._claims import POLL_FIRST, POLL_LAST, Claims
+from skast._persist import replacing
 
 __all__ = [
     "array_fingerprint",
@@ -320,15 +319,8 @@ def write_embedding(path: Path, row: np.ndarray, *, save: Callable = np.save) ->
     ['abcd.npy'] [1. 1. 1. 1.]
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            save(fh, np.ascontiguousarray(row, dtype=np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        save(fh, np.ascontiguousarray(row, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- transform
